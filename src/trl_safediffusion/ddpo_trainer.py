@@ -1,0 +1,813 @@
+"""`DDPOTrainer`: TRL v0.23.1's DDPO trainer semantics (arXiv 2305.13301), kept and fixed.
+
+One epoch: sample trajectories with DDIM-with-log-prob -> rewards -> advantages -> clipped PPO updates over the
+sampled timesteps. `SafeDDPOGRPOTrainer` builds on the same machinery with group-relative advantages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+from collections import defaultdict, deque
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+
+from .ddpo_config import DDPOConfig
+from .pipelines.stable_diffusion import DDPOStableDiffusionPipeline
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+CHECKPOINT_PREFIX = "checkpoint_"
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function raised or returned something unusable; the message names the epoch and batch."""
+
+
+class _NullTracker:
+    """Handed to `image_samples_hook` when no tracker is configured, so TRL-style hooks run unchanged."""
+
+    name = "none"
+
+    def log(self, values, step=None, **kwargs):
+        logger.debug("no tracker configured; dropping %d values at step %s", len(values), step)
+
+    def log_images(self, values, step=None, **kwargs):
+        logger.debug("no tracker configured; dropping %d images at step %s", len(values), step)
+
+
+class PerPromptStatTracker:
+    """Running reward statistics per prompt (DDPO's per-prompt normalisation).
+
+    Args:
+        buffer_size (`int`): rewards kept per prompt.
+        min_count (`int`): below this many rewards, the whole batch's mean and std are used instead.
+    """
+
+    def __init__(self, buffer_size: int, min_count: int):
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.stats: dict[str, deque] = {}
+
+    def update(self, prompts, rewards: np.ndarray) -> np.ndarray:
+        prompts = np.asarray(prompts)
+        rewards = np.asarray(rewards, dtype=np.float64)
+        advantages = np.zeros_like(rewards)
+        finite = np.isfinite(rewards)
+        for prompt in np.unique(prompts):
+            mask = (prompts == prompt) & finite
+            buffer = self.stats.setdefault(str(prompt), deque(maxlen=self.buffer_size))
+            buffer.extend(rewards[mask].tolist())
+            if len(buffer) < self.min_count:
+                mean, std = rewards[finite].mean(), rewards[finite].std() + 1e-6
+            else:
+                mean, std = np.mean(buffer), np.std(buffer) + 1e-6
+            advantages[mask] = (rewards[mask] - mean) / std
+        return advantages
+
+    def get_stats(self) -> dict[str, dict[str, float]]:
+        return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "count": len(v)} for k, v in self.stats.items()}
+
+
+@dataclass
+class _SamplePlan:
+    """What one process samples in one epoch: a prompt, its metadata and a noise seed per sample."""
+
+    prompts: list[str]
+    metadata: list[Any]
+    noise_seeds: list[int]  # initial-noise seed of each sample (equal within a GRPO group when noise is shared)
+    step_seeds: list[int]  # per-sample seed of the DDIM step noise
+
+
+def _mix_seed(*parts: int) -> int:
+    """Deterministic 63-bit seed from integers (splitmix64), independent of Python's hash randomisation."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+        x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = x
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x = z ^ (z >> 31)
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def clipped_surrogate_loss(advantages: torch.Tensor, clip_range: float, ratio: torch.Tensor) -> torch.Tensor:
+    """PPO's clipped objective as a loss: mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    return torch.mean(torch.maximum(unclipped, clipped))
+
+
+class DDPOTrainer:
+    r"""
+    Denoising Diffusion Policy Optimization with TRL v0.23.1's interface.
+
+    Args:
+        config (`DDPOConfig`): training configuration.
+        reward_function (`Callable`): `reward_function(images, prompts, prompt_metadata) -> (rewards, reward_metadata)`
+            with `images` float (B, 3, H, W) in [0, 1] on the trainer's device and `rewards` anything
+            `torch.as_tensor` takes, shape (B,).
+        prompt_function (`Callable`): `prompt_function() -> (prompt, prompt_metadata)`, called once per sample.
+        sd_pipeline (`DDPOStableDiffusionPipeline`): the pipeline to train, e.g. `DefaultDDPOStableDiffusionPipeline`.
+        image_samples_hook (`Callable`, *optional*): `hook(prompt_image_data, global_step, tracker)` called every
+            epoch; `prompt_image_data` is a list of `[images, prompts, prompt_metadata, rewards, reward_metadata]`.
+    """
+
+    _tag_names = ["trl", "ddpo", "trl-safediffusion"]
+
+    def __init__(
+        self,
+        config: DDPOConfig,
+        reward_function: Callable,
+        prompt_function: Callable,
+        sd_pipeline: DDPOStableDiffusionPipeline,
+        image_samples_hook: Callable | None = None,
+    ):
+        if not callable(prompt_function):
+            raise ValueError("prompt_function must be a callable returning (prompt, prompt_metadata)")
+        self.prompt_fn = prompt_function
+        self._setup(config, reward_function, sd_pipeline, image_samples_hook)
+
+    # ================================================================== set-up
+    def _setup(self, config, reward_function, sd_pipeline, image_samples_hook):
+        if not isinstance(config, DDPOConfig):
+            raise ValueError(f"config must be a DDPOConfig, got {type(config).__name__}")
+        if not callable(reward_function):
+            raise ValueError("reward_function must be callable: (images, prompts, prompt_metadata) -> (rewards, meta)")
+        if not isinstance(sd_pipeline, DDPOStableDiffusionPipeline):
+            raise ValueError(
+                "sd_pipeline must be a DDPOStableDiffusionPipeline (e.g. DefaultDDPOStableDiffusionPipeline), got "
+                f"{type(sd_pipeline).__name__}"
+            )
+        if image_samples_hook is not None and not callable(image_samples_hook):
+            raise ValueError("image_samples_hook must be callable (prompt_image_data, global_step, tracker) or None")
+        self.config = config
+        self.reward_fn = reward_function
+        self.sd_pipeline = sd_pipeline
+        self.image_samples_callback = image_samples_hook
+        self.log_history: list[dict] = []
+
+        self.num_train_timesteps = self._num_train_timesteps()
+        project_kwargs = dict(config.project_kwargs)
+        project_dir = project_kwargs.pop("project_dir", None) or os.path.join(
+            config.logdir, config.run_name or config.exp_name
+        )
+        project_kwargs.pop("automatic_checkpoint_naming", None)  # we name checkpoints by epoch ourselves
+        project_kwargs.pop("total_limit", None)
+        self.project_dir = os.path.abspath(project_dir)
+        self.checkpoint_dir = os.path.join(self.project_dir, "checkpoints")
+
+        self.accelerator = Accelerator(
+            log_with=config.log_with,
+            mixed_precision=config.mixed_precision,
+            project_config=ProjectConfiguration(project_dir=self.project_dir, **project_kwargs),
+            **config.accelerator_kwargs,
+        )
+        self._check_output_dir_writable()
+        if self.accelerator.is_main_process and config.log_with is not None:
+            self.accelerator.init_trackers(
+                config.tracker_project_name, config=self._tracker_config(), init_kwargs=config.tracker_kwargs
+            )
+        logger.info("config: %s", config.to_dict())
+        set_seed(config.seed, device_specific=True)
+
+        if self.accelerator.mixed_precision == "fp16":
+            self.inference_dtype = torch.float16
+        elif self.accelerator.mixed_precision == "bf16":
+            self.inference_dtype = torch.bfloat16
+        else:
+            self.inference_dtype = torch.float32
+        device = self.accelerator.device
+        pipe = self.sd_pipeline
+        pipe.vae.to(device, dtype=self.inference_dtype)
+        pipe.text_encoder.to(device, dtype=self.inference_dtype)
+        if pipe.use_lora:
+            # Frozen base weights in the inference dtype, trainable LoRA weights in fp32: the optimizer and the fp16
+            # grad scaler only ever see fp32 parameters.
+            pipe.unet.to(device, dtype=self.inference_dtype)
+            for p in pipe.unet.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        else:
+            # Full fine-tuning keeps fp32 master weights and relies on autocast; casting them to fp16 is what made TRL
+            # v0.23.1 fail with "Attempting to unscale FP16 gradients".
+            pipe.unet.to(device, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        if config.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+
+        trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the pipeline's UNet has no trainable parameters: use_lora=False or add LoRA adapters")
+        self.ref_unet = None
+        if getattr(config, "beta", 0.0) > 0 and not pipe.use_lora:
+            self.ref_unet = copy.deepcopy(pipe.unet).requires_grad_(False).to(device, dtype=self.inference_dtype)
+            self.ref_unet.eval()
+        self.optimizer = self._setup_optimizer(trainable)
+        self.accelerator.register_save_state_pre_hook(self._save_model_hook)
+        self.accelerator.register_load_state_pre_hook(self._load_model_hook)
+        self.unet, self.optimizer = self.accelerator.prepare(pipe.unet, self.optimizer)
+        self.trainable_layers = self.unet
+        self._trainable_params = [p for p in self.unet.parameters() if p.requires_grad]
+
+        neg = [config.negative_prompts or ""]
+        self.neg_prompt_embed = pipe.encode_prompts(neg).to(device)  # (1, L, D)
+        self.stat_tracker = (
+            PerPromptStatTracker(config.per_prompt_stat_tracking_buffer_size, config.per_prompt_stat_tracking_min_count)
+            if config.per_prompt_stat_tracking
+            else None
+        )
+        self.executor = futures.ThreadPoolExecutor(max_workers=config.max_workers) if config.async_reward_computation else None
+        self.first_epoch, self.global_step = 0, 0
+        self._hub_pusher = None
+        if config.resume_from:
+            self._resume(config.resume_from)
+
+    def _num_train_timesteps(self) -> int:
+        return max(1, int(self.config.sample_num_steps * self.config.train_timestep_fraction))
+
+    def _trainable_timestep_count(self) -> int:
+        """How many of the T steps of a trajectory are candidates for training (all of them for DDPO)."""
+        return self.config.sample_num_steps
+
+    def _tracker_config(self) -> dict:
+        out = {}
+        for k, v in self.config.to_dict().items():
+            out[k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+        return out
+
+    def _check_output_dir_writable(self):
+        if not self.accelerator.is_main_process:
+            return
+        try:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            probe = os.path.join(self.project_dir, ".write_test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as err:
+            raise ValueError(
+                f"cannot write to the output folder {self.project_dir} ({err.strerror}); set config.logdir or "
+                "project_kwargs['project_dir'] to a writable folder"
+            ) from err
+
+    def _setup_optimizer(self, params):
+        c = self.config
+        if c.train_use_8bit_adam:
+            import bitsandbytes
+
+            optimizer_cls = bitsandbytes.optim.AdamW8bit
+        else:
+            optimizer_cls = torch.optim.AdamW
+        return optimizer_cls(
+            params,
+            lr=c.train_learning_rate,
+            betas=(c.train_adam_beta1, c.train_adam_beta2),
+            weight_decay=c.train_adam_weight_decay,
+            eps=c.train_adam_epsilon,
+        )
+
+    def _save_model_hook(self, models, weights, output_dir):
+        unwrapped = [self.accelerator.unwrap_model(m) for m in models]
+        if self.accelerator.is_main_process:
+            self.sd_pipeline.save_checkpoint(unwrapped, weights, output_dir)
+        else:
+            weights.clear()
+
+    def _load_model_hook(self, models, input_dir):
+        unwrapped = [self.accelerator.unwrap_model(m) for m in models]
+        self.sd_pipeline.load_checkpoint(unwrapped, input_dir)
+        models.clear()
+
+    # ================================================================== sampling
+    def _sample_plan(self, epoch: int) -> _SamplePlan:
+        """DDPO: one `prompt_function()` call and independent noise per sample."""
+        n = self.config.sample_batch_size * self.config.sample_num_batches_per_epoch
+        prompts, metadata = [], []
+        for _ in range(n):
+            prompt, meta = self.prompt_fn()
+            if not isinstance(prompt, str):
+                raise ValueError(f"prompt_function must return (str, metadata), got a {type(prompt).__name__} prompt")
+            prompts.append(prompt)
+            metadata.append(meta)
+        rank = self.accelerator.process_index
+        seeds = [_mix_seed(self.config.seed, 1, epoch, rank, i) for i in range(n)]
+        return _SamplePlan(prompts, metadata, seeds, [_mix_seed(s, 2) for s in seeds])
+
+    def _generate_samples(self, epoch: int):
+        """Roll out this process's samples for `epoch`; rewards are started (async) or computed per batch."""
+        plan = self._sample_plan(epoch)
+        bs = self.config.sample_batch_size
+        device = self.accelerator.device
+        samples, prompt_image_data, reward_jobs = [], [], []
+        self.unet.eval()
+        n_batches = len(plan.prompts) // bs
+        from tqdm.auto import tqdm
+
+        for b in tqdm(range(n_batches), desc=f"Epoch {epoch}: sampling", leave=False,
+                      disable=not self.accelerator.is_local_main_process or n_batches < 2):
+            sl = slice(b * bs, (b + 1) * bs)
+            prompts, metadata = plan.prompts[sl], plan.metadata[sl]
+            prompt_embeds = self.sd_pipeline.encode_prompts(prompts).to(device)
+            neg = self.neg_prompt_embed.expand(len(prompts), -1, -1)
+            shape = self.sd_pipeline.latent_shape()
+            initial = torch.stack(
+                [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in plan.noise_seeds[sl]]
+            )
+            generators = [torch.Generator(device=device).manual_seed(s) for s in plan.step_seeds[sl]]
+            out = self.sd_pipeline.rollout(
+                prompt_embeds,
+                neg,
+                num_inference_steps=self.config.sample_num_steps,
+                guidance_scale=self.config.sample_guidance_scale,
+                eta=self.config.sample_eta,
+                initial_latents=initial,
+                generators=generators,
+                autocast=self.accelerator.autocast,
+            )
+            samples.append(
+                {
+                    "prompt_embeds": prompt_embeds,
+                    "timesteps": out.timesteps.repeat(len(prompts), 1),  # (B, T)
+                    "latents": out.latents[:, :-1],  # (B, T, C, h, w)
+                    "next_latents": out.latents[:, 1:],  # (B, T, C, h, w)
+                    "log_probs": out.log_probs,  # (B, T)
+                }
+            )
+            prompt_image_data.append([out.images, list(prompts), tuple(metadata)])
+            if self.executor is not None:
+                reward_jobs.append(self.executor.submit(self.reward_fn, out.images, list(prompts), tuple(metadata)))
+        return samples, prompt_image_data, reward_jobs, plan
+
+    def _check_reward(self, result, batch_size: int, epoch: int, batch: int):
+        if not (isinstance(result, (tuple, list)) and len(result) == 2):
+            raise ValueError(
+                f"reward_function must return (rewards, reward_metadata); got {type(result).__name__} at epoch "
+                f"{epoch}, batch {batch}"
+            )
+        rewards, meta = result
+        try:
+            rewards = torch.as_tensor(rewards)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"reward_function returned rewards of type {type(rewards).__name__} that torch.as_tensor cannot take "
+                f"(epoch {epoch}, batch {batch})"
+            ) from err
+        if not (rewards.is_floating_point() or rewards.dtype in (torch.int32, torch.int64, torch.bool)):
+            raise ValueError(f"reward_function returned rewards of dtype {rewards.dtype}; expected real numbers")
+        rewards = rewards.reshape(-1) if rewards.ndim == 2 and rewards.shape[-1] == 1 else rewards
+        if rewards.ndim != 1 or rewards.shape[0] != batch_size:
+            raise ValueError(
+                f"reward_function returned rewards of shape {tuple(rewards.shape)} for {batch_size} images; expected "
+                f"({batch_size},) (epoch {epoch}, batch {batch})"
+            )
+        # bf16/fp16 rewards are upcast: TRL v0.23.1 failed to log them (numpy has no bf16).
+        return rewards.to(device=self.accelerator.device, dtype=torch.float32), meta
+
+    def compute_rewards(self, prompt_image_data, reward_jobs=None, epoch: int = -1):
+        """Rewards of each sampled batch: a list of (rewards (B,) float32, reward_metadata)."""
+        results = []
+        for b, (images, prompts, metadata) in enumerate(prompt_image_data):
+            try:
+                if reward_jobs:
+                    # The futures hold (rewards, metadata) tuples; TRL v0.23.1 called .result() on the tensors.
+                    result = reward_jobs[b].result()
+                else:
+                    result = self.reward_fn(images, prompts, metadata)
+            except Exception as err:  # noqa: BLE001 - re-raised with the epoch and batch that failed
+                raise RewardFunctionError(
+                    f"reward_function raised at epoch {epoch}, batch {b}: {type(err).__name__}: {err}"
+                ) from err
+            results.append(self._check_reward(result, len(prompts), epoch, b))
+        return results
+
+    # ================================================================== advantages
+    def _compute_advantages(self, rewards: np.ndarray, prompts: list[str], plan_global=None) -> np.ndarray:
+        """DDPO: per-prompt or batch normalisation. Non-finite rewards get advantage 0 and are left out of statistics."""
+        finite = np.isfinite(rewards)
+        if self.stat_tracker is not None:
+            return self.stat_tracker.update(prompts, rewards)
+        adv = np.zeros_like(rewards, dtype=np.float64)
+        if finite.any():
+            r = rewards[finite]
+            adv[finite] = (r - r.mean()) / (r.std() + 1e-8)
+        return adv
+
+    # ================================================================== loss
+    def loss(self, advantages: torch.Tensor, clip_range: float, ratio: torch.Tensor) -> torch.Tensor:
+        return clipped_surrogate_loss(advantages, clip_range, ratio)
+
+    def _reference_mean(self, latents, timesteps, embeds):
+        """Mean of the reference policy's step (no grad): LoRA disabled, or the frozen copy of the UNet."""
+        c = self.config
+        with torch.no_grad():
+            if self.ref_unet is not None:
+                unet, ctx = self.ref_unet, contextlib.nullcontext()
+            else:
+                unet, ctx = self.accelerator.unwrap_model(self.unet), _adapters_disabled(self.accelerator.unwrap_model(self.unet))
+            with ctx, self.accelerator.autocast():
+                pred = self._unet_prediction(unet, latents, timesteps, embeds)
+            return self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=c.sample_eta, prev_sample=latents)
+
+    def _unet_prediction(self, unet, latents, timesteps, embeds):
+        if self.config.train_cfg:
+            neg, pos = embeds.chunk(2)
+            return self.sd_pipeline.predict(unet, latents, timesteps, pos, neg, self.config.sample_guidance_scale)
+        return unet(latents, timesteps, embeds).sample
+
+    def calculate_loss(self, latents, timesteps, next_latents, log_probs, advantages, embeds):
+        """Clipped PPO loss for a flat batch of steps.
+
+        Args:
+            latents, next_latents (`torch.Tensor`): (N, C, h, w) x_t and the stored x_{t-1}.
+            timesteps (`torch.Tensor`): (N,).
+            log_probs (`torch.Tensor`): (N,) log-probabilities recorded at sampling time.
+            advantages (`torch.Tensor`): (N,).
+            embeds (`torch.Tensor`): (2N, L, D) `[negative; prompt]` with `train_cfg`, else (N, L, D).
+
+        Returns:
+            `(loss, approx_kl, clipfrac, kl)`; `kl` is the mean KL to the reference policy (0 when beta = 0).
+        """
+        c = self.config
+        with self.accelerator.autocast():
+            pred = self._unet_prediction(self.unet, latents, timesteps, embeds)
+        out = self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=c.sample_eta, prev_sample=next_latents)
+        log_prob = out.log_probs
+        advantages = torch.clamp(advantages, -c.train_adv_clip_max, c.train_adv_clip_max)
+        ratio = torch.exp(log_prob - log_probs)
+        loss = self.loss(advantages, c.train_clip_range, ratio)
+        approx_kl = 0.5 * torch.mean((log_prob - log_probs) ** 2)
+        clipfrac = torch.mean((torch.abs(ratio - 1.0) > c.train_clip_range).float())
+        beta = getattr(c, "beta", 0.0)
+        kl = torch.zeros((), device=loss.device)
+        if beta > 0:
+            ref = self._reference_mean(latents, timesteps, embeds)
+            # KL between two Gaussians with the same std, averaged over latent dimensions like the log-probs.
+            kl_per = ((out.prev_sample_mean - ref.prev_sample_mean) ** 2) / (2 * out.std_dev_t**2)
+            kl = kl_per.mean(dim=tuple(range(1, kl_per.ndim))).mean()
+            loss = loss + beta * kl
+        return loss, approx_kl, clipfrac, kl
+
+    # ================================================================== training
+    def _timestep_candidates(self) -> int:
+        return self._trainable_timestep_count()
+
+    def _train_on_samples(self, samples: dict, epoch: int, global_step: int) -> int:
+        c = self.config
+        device = self.accelerator.device
+        n_local, T = samples["timesteps"].shape
+        k_train = self.num_train_timesteps
+        candidates = self._timestep_candidates()
+        chunk = c.train_timesteps_per_forward
+        accum = c.train_gradient_accumulation_steps
+        for inner_epoch in range(c.train_num_inner_epochs):
+            g = torch.Generator().manual_seed(_mix_seed(c.seed, 3, epoch, inner_epoch, self.accelerator.process_index))
+            perm = torch.randperm(n_local, generator=g)
+            # each sample trains on its own random subset of timesteps (DDPO's per-sample time shuffle)
+            time_idx = torch.argsort(torch.rand(n_local, candidates, generator=g), dim=1)[:, :k_train]  # (N, k)
+            perm_d, time_idx = perm.to(device), time_idx.to(device)
+            self.unet.train()
+            n_mb = n_local // c.train_batch_size
+            info = defaultdict(list)
+            for mb in range(n_mb):
+                idx = perm_d[mb * c.train_batch_size : (mb + 1) * c.train_batch_size]
+                t_idx = time_idx[idx]  # (b, k)
+                rows = idx[:, None].expand_as(t_idx)
+                last_in_step = (mb + 1) % accum == 0 or mb == n_mb - 1
+                chunks = [(j, min(j + chunk, k_train)) for j in range(0, k_train, chunk)]
+                for ci, (j0, j1) in enumerate(chunks):
+                    sel_rows, sel_t = rows[:, j0:j1].reshape(-1), t_idx[:, j0:j1].reshape(-1)
+                    latents = samples["latents"][sel_rows, sel_t]
+                    next_latents = samples["next_latents"][sel_rows, sel_t]
+                    timesteps = samples["timesteps"][sel_rows, sel_t]
+                    log_probs = samples["log_probs"][sel_rows, sel_t]
+                    advantages = samples["advantages"][sel_rows]
+                    pos = samples["prompt_embeds"][sel_rows]
+                    embeds = torch.cat([self.neg_prompt_embed.expand_as(pos), pos]) if c.train_cfg else pos
+                    sync = last_in_step and ci == len(chunks) - 1
+                    ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.unet)
+                    with ctx:
+                        loss, approx_kl, clipfrac, kl = self.calculate_loss(
+                            latents, timesteps, next_latents, log_probs, advantages, embeds
+                        )
+                        # mean over the k sampled timesteps and the accumulated minibatches, as TRL's accumulation
+                        weight = (j1 - j0) / k_train / accum
+                        self.accelerator.backward(loss * weight)
+                    for name, value in (("loss", loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("kl", kl)):
+                        info[name].append(value.detach().float() * (j1 - j0) / k_train)
+                if last_in_step:
+                    self.accelerator.clip_grad_norm_(self._trainable_params, c.train_max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    steps_in = len(info["loss"]) / len(chunks)
+                    stats = {k: torch.stack(v).sum() / steps_in for k, v in info.items()}
+                    stats = self.accelerator.reduce(stats, reduction="mean")
+                    logged = {f"train/{k}": float(v) for k, v in stats.items()}
+                    logged.update({"epoch": epoch, "inner_epoch": inner_epoch})
+                    self._log(logged, step=global_step)
+                    global_step += 1
+                    info = defaultdict(list)
+        return global_step
+
+    # ================================================================== epoch
+    def step(self, epoch: int, global_step: int) -> int:
+        """Sample, reward, compute advantages and train for one epoch. Returns the updated global step."""
+        samples, prompt_image_data, reward_jobs, plan = self._generate_samples(epoch)
+        reward_results = self.compute_rewards(prompt_image_data, reward_jobs, epoch=epoch)
+        for data, (rewards, meta) in zip(prompt_image_data, reward_results):
+            data.extend([rewards, meta])
+        if self.image_samples_callback is not None:
+            tracker = self.accelerator.trackers[0] if self.accelerator.trackers else _NullTracker()
+            self.image_samples_callback(prompt_image_data, global_step, tracker)
+
+        samples = {k: torch.cat([s[k] for s in samples]) for k in samples[0]}
+        local_rewards = torch.cat([r for r, _ in reward_results])
+        rewards = self.accelerator.gather(local_rewards).cpu().double().numpy()
+        prompts = gather_object(list(plan.prompts)) if self.accelerator.num_processes > 1 else list(plan.prompts)
+        metadata = gather_object(list(plan.metadata)) if self.accelerator.num_processes > 1 else list(plan.metadata)
+        advantages = self._compute_advantages(rewards, prompts, metadata)
+        self._log_rewards(epoch, global_step, rewards, prompts, metadata, reward_results, advantages)
+
+        n_local = local_rewards.shape[0]
+        start = self.accelerator.process_index * n_local
+        samples["advantages"] = torch.as_tensor(
+            advantages[start : start + n_local], dtype=torch.float32, device=self.accelerator.device
+        )
+        self._last_epoch_samples = {"prompts": plan.prompts, "metadata": plan.metadata, "rewards": local_rewards}
+        global_step = self._train_on_samples(samples, epoch, global_step)
+        if self.config.save_freq and (epoch + 1) % self.config.save_freq == 0:
+            self.save_checkpoint(epoch, global_step)
+        return global_step
+
+    def _log_rewards(self, epoch, global_step, rewards, prompts, metadata, reward_results, advantages):
+        finite = np.isfinite(rewards)
+        r = rewards[finite]
+        log = {
+            "epoch": epoch,
+            "reward_mean": float(r.mean()) if r.size else float("nan"),
+            "reward_std": float(r.std()) if r.size else float("nan"),
+            "reward_nonfinite": int((~finite).sum()),
+        }
+        components = self._gather_components(reward_results)
+        for name, values in components.items():
+            fin = values[np.isfinite(values)]
+            log[f"reward/{name}_mean"] = float(fin.mean()) if fin.size else float("nan")
+        self._last_components = components
+        self._log(log, step=global_step)
+
+    def _gather_components(self, reward_results) -> dict[str, np.ndarray]:
+        """Per-component rewards (`reward_metadata["components"]`, as `CombinedReward` reports them), gathered."""
+        names = None
+        for _, meta in reward_results:
+            comps = meta.get("components") if isinstance(meta, dict) else None
+            if not isinstance(comps, dict):
+                return {}
+            names = list(comps) if names is None else names
+        if not names:
+            return {}
+        out = {}
+        for name in names:
+            local = torch.cat(
+                [torch.as_tensor(meta["components"][name], dtype=torch.float32).reshape(-1) for _, meta in reward_results]
+            ).to(self.accelerator.device)
+            out[name] = self.accelerator.gather(local).cpu().double().numpy()
+        return out
+
+    def _log(self, values: dict, step: int):
+        record = {"step": step, **values}
+        self.log_history.append(record)
+        self.accelerator.log(values, step=step)
+        logger.info("step %d: %s", step, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in values.items()})
+
+    def train(self, epochs: int | None = None):
+        """Train for `epochs` (default `config.num_epochs`) epochs, starting after a resumed checkpoint if any."""
+        epochs = self.config.num_epochs if epochs is None else epochs
+        global_step = self.global_step
+        from tqdm.auto import tqdm
+
+        for epoch in tqdm(range(self.first_epoch, epochs), desc="Training", initial=self.first_epoch, total=epochs,
+                          disable=not self.accelerator.is_local_main_process):
+            global_step = self.step(epoch, global_step)
+            self.global_step = global_step
+            self.first_epoch = epoch + 1
+        self.accelerator.wait_for_everyone()
+        if self.config.push_to_hub:
+            self._push_final()
+        self.accelerator.end_training()
+        return global_step
+
+    # ================================================================== checkpoints
+    def _checkpoint_path(self, epoch: int) -> str:
+        return os.path.join(self.checkpoint_dir, f"{CHECKPOINT_PREFIX}{epoch}")
+
+    def save_checkpoint(self, epoch: int, global_step: int) -> str:
+        """Save the training state after `epoch` atomically: written to a temporary folder, then renamed.
+
+        A save interrupted part-way leaves the previous checkpoint untouched and loadable.
+        """
+        final = self._checkpoint_path(epoch)
+        tmp = final + ".tmp"
+        acc = self.accelerator
+        if acc.is_main_process:
+            os.makedirs(self.checkpoint_dir, exist_ok=True)
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(output_dir=tmp)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"epoch": epoch, "global_step": global_step, "config": self.config.to_dict()}
+            with open(os.path.join(tmp, TRAINER_STATE_NAME), "w") as f:
+                json.dump(state, f, indent=2, default=str)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune_checkpoints()
+            logger.info("saved checkpoint %s", final)
+        acc.wait_for_everyone()
+        self._after_checkpoint(final, epoch)
+        return final
+
+    def _after_checkpoint(self, path: str, epoch: int):
+        """Hook for subclasses and Hub publishing."""
+        if self.config.push_to_hub and self.config.hub_strategy in ("every_save", "checkpoint"):
+            self._push_checkpoint(path, epoch)
+
+    def _prune_checkpoints(self):
+        complete = list_checkpoints(self.checkpoint_dir)
+        for _, path in complete[: max(0, len(complete) - self.config.num_checkpoint_limit)]:
+            shutil.rmtree(path, ignore_errors=True)
+        for name in os.listdir(self.checkpoint_dir):
+            if name.endswith(".tmp"):
+                shutil.rmtree(os.path.join(self.checkpoint_dir, name), ignore_errors=True)
+
+    def _resume(self, resume_from: str):
+        path = resolve_checkpoint(resume_from, token=self.config.hub_token)
+        logger.info("resuming from %s", path)
+        self.accelerator.load_state(path)
+        with open(os.path.join(path, TRAINER_STATE_NAME)) as f:
+            state = json.load(f)
+        self.first_epoch = int(state["epoch"]) + 1
+        self.global_step = int(state["global_step"])
+        self.resumed_from = path
+
+    # ================================================================== saving / Hub
+    def _model_card_info(self) -> dict:
+        """What the model card reports, read only from attributes this trainer has."""
+        c = self.config
+        return {
+            "base_model": getattr(self.sd_pipeline, "pretrained_model_name", None),
+            "trainer": type(self).__name__,
+            "recipe": {
+                "sample_num_steps": c.sample_num_steps,
+                "sample_eta": c.sample_eta,
+                "sample_guidance_scale": c.sample_guidance_scale,
+                "train_learning_rate": c.train_learning_rate,
+                "train_batch_size": c.train_batch_size,
+                "sample_batch_size": c.sample_batch_size,
+                "train_clip_range": c.train_clip_range,
+                "train_adv_clip_max": c.train_adv_clip_max,
+                "num_epochs": c.num_epochs,
+                "epochs_trained": self.first_epoch,
+                "num_generations": getattr(c, "num_generations", None),
+                "beta": getattr(c, "beta", None),
+                "mixed_precision": c.mixed_precision,
+                "lora": self.sd_pipeline.use_lora,
+                "lora_rank": getattr(self.sd_pipeline, "lora_rank", None) if self.sd_pipeline.use_lora else None,
+            },
+            "reward": describe_reward(self.reward_fn),
+            "tags": list(self._tag_names),
+        }
+
+    def save_pretrained(self, save_directory: str, fuse_lora: bool = False):
+        """Save the trained model in diffusers format with a model card (main process only)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.sd_pipeline.save_pretrained(save_directory, fuse_lora=fuse_lora)
+            from .hub import write_training_model_card
+
+            write_training_model_card(save_directory, self._model_card_info(), lora=self.sd_pipeline.use_lora and not fuse_lora)
+        self.accelerator.wait_for_everyone()
+
+    save_model = save_pretrained
+
+    def push_to_hub(self, repo_id: str | None = None, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None, revision: str | None = None, fuse_lora: bool = False):
+        """Save the model locally (under the project folder) and upload it to `repo_id` (main process only).
+
+        Raises `HubPushError` naming the repo and the cause if the upload fails; the local folder stays complete.
+        """
+        repo_id = repo_id or self.config.hub_model_id or self.config.exp_name
+        local = os.path.join(self.project_dir, "hub_model")
+        self.save_pretrained(local, fuse_lora=fuse_lora)
+        url = None
+        if self.accelerator.is_main_process:
+            from .hub import push_folder_to_hub
+
+            url = push_folder_to_hub(
+                local,
+                repo_id,
+                private=self.config.hub_private_repo if private is None else private,
+                token=token or self.config.hub_token,
+                commit_message=commit_message or f"{type(self).__name__}: epoch {self.first_epoch}",
+                revision=revision,
+            )
+        self.accelerator.wait_for_everyone()
+        return url
+
+    def _push_final(self):
+        self.push_to_hub(self.config.hub_model_id)
+
+    def _push_checkpoint(self, path: str, epoch: int):
+        if not self.accelerator.is_main_process:
+            return
+        from .hub import CheckpointPusher
+
+        if self._hub_pusher is None:
+            self._hub_pusher = CheckpointPusher(
+                repo_id=self.config.hub_model_id or self.config.exp_name,
+                strategy=self.config.hub_strategy,
+                token=self.config.hub_token,
+                private=self.config.hub_private_repo,
+                is_main_process=True,
+            )
+        model_dir = os.path.join(self.project_dir, "hub_model")
+        self.sd_pipeline.save_pretrained(model_dir)
+        from .hub import write_training_model_card
+
+        write_training_model_card(model_dir, self._model_card_info(), lora=self.sd_pipeline.use_lora)
+        self._hub_pusher.on_save(model_dir, checkpoint_dir=path if self.config.hub_strategy == "checkpoint" else None,
+                                 epoch=epoch)
+
+
+@contextlib.contextmanager
+def _adapters_disabled(unet):
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def describe_reward(reward_fn) -> dict:
+    """A JSON-able description of a reward callable for cards and logs (its `describe()` if it has one)."""
+    describe = getattr(reward_fn, "describe", None)
+    if callable(describe):
+        return describe()
+    return {"name": getattr(reward_fn, "name", None) or getattr(reward_fn, "__name__", type(reward_fn).__name__)}
+
+
+def list_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """Complete checkpoints (`checkpoint_<epoch>` holding trainer_state.json) in `folder`, oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    out = []
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if name.startswith(CHECKPOINT_PREFIX) and not name.endswith(".tmp") and os.path.isfile(
+            os.path.join(path, TRAINER_STATE_NAME)
+        ):
+            suffix = name[len(CHECKPOINT_PREFIX):]
+            if suffix.isdigit():
+                out.append((int(suffix), path))
+    return sorted(out)
+
+
+def resolve_checkpoint(resume_from: str, token: str | None = None) -> str:
+    """A complete checkpoint folder from `resume_from`: a checkpoint folder, a run folder (its latest complete
+    checkpoint), or a Hub repo id (downloaded)."""
+    path = os.path.normpath(os.path.expanduser(resume_from))
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, TRAINER_STATE_NAME)):
+            return path
+        for folder in (os.path.join(path, "checkpoints"), path):
+            found = list_checkpoints(folder)
+            if found:
+                return found[-1][1]
+        raise ValueError(
+            f"resume_from={resume_from!r}: no complete checkpoint (a checkpoint_<epoch> folder with "
+            f"{TRAINER_STATE_NAME}) found there"
+        )
+    if os.path.exists(path):
+        raise ValueError(f"resume_from={resume_from!r} is a file; pass a checkpoint folder, a run folder or a repo id")
+    parts = resume_from.split("/")
+    if len(parts) == 2 and all(parts):
+        from .hub import download_checkpoint
+
+        return download_checkpoint(resume_from, token=token)
+    raise ValueError(f"resume_from={resume_from!r} is neither an existing folder nor a Hub repo id (namespace/name)")
+
+

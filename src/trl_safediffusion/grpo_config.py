@@ -1,0 +1,99 @@
+"""`SafeDDPOGRPOConfig`: DDPOConfig plus group-relative advantages, with SafeDiffusion-R1's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ddpo_config import DDPOConfig
+
+
+@dataclass
+class SafeDDPOGRPOConfig(DDPOConfig):
+    r"""
+    Configuration of [`SafeDDPOGRPOTrainer`] (SafeDiffusion-R1, arXiv 2605.18719).
+
+    Defaults follow the paper's reference recipe where it differs from DDPO: group size 16 with one shared initial
+    noise per group, advantages clipped to +-2.5, AdamW lr 1e-5, every timestep but the last trained, beta = 0.
+    Batch sizes are per process; `sample_batch_size * sample_num_batches_per_epoch` must be a multiple of
+    `num_generations` so that every prompt group is sampled complete on one process.
+    """
+
+    sample_batch_size: int = field(default=4, metadata={"help": "Batch size (per process) used for sampling."})
+    sample_num_batches_per_epoch: int = field(default=4, metadata={"help": "Number of sampling batches per epoch."})
+    train_batch_size: int = field(default=4, metadata={"help": "Batch size (per process) used for training."})
+    train_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate."})
+    train_adv_clip_max: float = field(default=2.5, metadata={"help": "Advantages are clipped to [-max, max]."})
+    mixed_precision: str = field(
+        default="bf16",
+        metadata={"help": "Mixed precision: 'no', 'fp16' or 'bf16'. Frozen weights are cast; trainable weights stay fp32."},
+    )
+    num_epochs: int = field(default=300, metadata={"help": "Number of epochs to train."})
+    save_freq: int = field(default=20, metadata={"help": "Number of epochs between checkpoints (0 disables them)."})
+    num_generations: int = field(
+        default=16, metadata={"help": "Group size G: images sampled per prompt; advantages are relative to the group."}
+    )
+    share_initial_noise: bool = field(
+        default=True, metadata={"help": "Start every sample of a group from the same initial noise (the paper does)."}
+    )
+    scale_rewards: str = field(
+        default="group",
+        metadata={
+            "help": "Advantage scaling: 'group' (r - mean_g) / (std_g + eps), 'batch' divides by the std over the "
+            "whole batch, 'none' only subtracts the group mean."
+        },
+    )
+    advantage_epsilon: float = field(default=1e-8, metadata={"help": "eps added to the std in the advantage."})
+    beta: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the KL to the reference policy (the base UNet: LoRA disabled, or a frozen copy under "
+            "full fine-tuning). 0 as in the paper."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "Weights of the reward functions when several are given (default all 1)."}
+    )
+    train_skip_last_timestep: bool = field(
+        default=True,
+        metadata={"help": "Never train on the final denoising step (its tiny variance makes log-probs unstable)."},
+    )
+    label_column: str = field(
+        default="unsafe",
+        metadata={"help": "Dataset column whose values split the reward logs (e.g. unsafe true/false)."},
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Dataset column holding the prompt text."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.num_generations, bool) or not isinstance(self.num_generations, int) or self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be an integer >= 2 (group-relative advantages need a group), got "
+                f"{self.num_generations!r}"
+            )
+        per_process = self.sample_batch_size * self.sample_num_batches_per_epoch
+        if per_process % self.num_generations != 0:
+            raise ValueError(
+                f"sample_batch_size * sample_num_batches_per_epoch ({self.sample_batch_size} * "
+                f"{self.sample_num_batches_per_epoch} = {per_process}) must be a multiple of num_generations "
+                f"({self.num_generations}); lower num_generations or raise sample_batch_size / "
+                "sample_num_batches_per_epoch"
+            )
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not self.advantage_epsilon > 0:
+            raise ValueError(f"advantage_epsilon must be > 0, got {self.advantage_epsilon}")
+        if self.reward_weights is not None:
+            if not isinstance(self.reward_weights, (list, tuple)) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.reward_weights
+            ):
+                raise ValueError(f"reward_weights must be a list of numbers, got {self.reward_weights!r}")
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        if self.train_skip_last_timestep and self.sample_num_steps < 2:
+            raise ValueError("sample_num_steps must be >= 2 when train_skip_last_timestep is True")
+        if self.per_prompt_stat_tracking:
+            raise ValueError(
+                "per_prompt_stat_tracking is DDPO's normalisation; SafeDDPOGRPOTrainer normalises within each group "
+                "(scale_rewards). Set per_prompt_stat_tracking=False"
+            )

@@ -1,0 +1,253 @@
+"""`SafeDDPOGRPOTrainer`: online GRPO for Stable Diffusion (SafeDiffusion-R1, arXiv 2605.18719).
+
+Differences from DDPO: prompts come from a dataset (or a prompt function) in groups of G; all samples of a group
+share their initial noise; the advantage of a sample is its reward relative to its own group (GRPO, arXiv
+2402.03300), a zero-variance group contributing nothing; an optional KL term to the reference policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .ddpo_trainer import DDPOTrainer, _mix_seed, _SamplePlan
+from .grpo_config import SafeDDPOGRPOConfig
+from .pipelines.stable_diffusion import DDPOStableDiffusionPipeline
+
+
+def group_advantages(
+    rewards: np.ndarray, group_size: int, scale: str = "group", eps: float = 1e-8
+) -> tuple[np.ndarray, dict]:
+    """Group-relative advantages for rewards laid out group after group.
+
+    Non-finite rewards get advantage 0 and are left out of their group's statistics; a group whose finite rewards
+    have (numerically) zero variance, or fewer than two finite rewards, gets advantage 0.
+
+    Returns:
+        `(advantages, stats)` with `stats` holding `zero_std_fraction` and `nonfinite`.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.ndim != 1 or rewards.size % group_size:
+        raise ValueError(f"rewards ({rewards.shape}) must be 1-D with a length that is a multiple of {group_size}")
+    r = rewards.reshape(-1, group_size)  # (num_groups, G)
+    finite = np.isfinite(r)
+    count = finite.sum(axis=1, keepdims=True)
+    safe = np.where(finite, r, 0.0)
+    mean = safe.sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    var = (np.where(finite, (r - mean) ** 2, 0.0)).sum(axis=1, keepdims=True) / np.maximum(count, 1)
+    std = np.sqrt(var)
+    scale_floor = 1e-12 * np.maximum(1.0, np.abs(mean))
+    degenerate = (count < 2) | (std <= scale_floor)  # (num_groups, 1)
+    centred = np.where(finite, r - mean, 0.0)
+    if scale == "group":
+        adv = centred / (std + eps)
+    elif scale == "batch":
+        all_finite = rewards[np.isfinite(rewards)]
+        adv = centred / ((all_finite.std() if all_finite.size else 0.0) + eps)
+    elif scale == "none":
+        adv = centred
+    else:
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+    adv = np.where(degenerate | ~finite, 0.0, adv)
+    stats = {"zero_std_fraction": float(degenerate.mean()), "nonfinite": int((~finite).sum())}
+    return adv.reshape(-1), stats
+
+
+class SafeDDPOGRPOTrainer(DDPOTrainer):
+    r"""
+    Online GRPO post-training of a Stable Diffusion UNet (SafeDiffusion-R1).
+
+    Args:
+        config (`SafeDDPOGRPOConfig`): training configuration.
+        reward_function (`Callable` or list of `Callable`): reward(s) with the contract
+            `(images, prompts, prompt_metadata) -> (rewards, reward_metadata)`; a list is combined with
+            `config.reward_weights` and each component is logged.
+        sd_pipeline (`DDPOStableDiffusionPipeline`): the pipeline to train.
+        train_dataset (`datasets.Dataset`, *optional*): prompts in `config.prompt_column`; the other columns reach the
+            reward as `prompt_metadata` (one dict per sample). Give this or `prompt_function`.
+        prompt_function (`Callable`, *optional*): `() -> (prompt, prompt_metadata)`, called once per group.
+        image_samples_hook (`Callable`, *optional*): as in `DDPOTrainer`.
+    """
+
+    _tag_names = ["trl", "trl-safediffusion", "safediffusion-r1", "grpo", "safety"]
+
+    def __init__(
+        self,
+        config: SafeDDPOGRPOConfig,
+        reward_function: Callable | list[Callable],
+        sd_pipeline: DDPOStableDiffusionPipeline,
+        train_dataset=None,
+        prompt_function: Callable | None = None,
+        image_samples_hook: Callable | None = None,
+    ):
+        if not isinstance(config, SafeDDPOGRPOConfig):
+            raise ValueError(f"config must be a SafeDDPOGRPOConfig, got {type(config).__name__}")
+        if (train_dataset is None) == (prompt_function is None):
+            raise ValueError("pass exactly one of train_dataset (a datasets.Dataset with a prompt column) or prompt_function")
+        if prompt_function is not None and not callable(prompt_function):
+            raise ValueError("prompt_function must be a callable returning (prompt, prompt_metadata)")
+        if train_dataset is not None:
+            self._check_dataset(train_dataset, config)
+        self.train_dataset = train_dataset
+        self.prompt_fn = prompt_function
+        reward_function = self._combine_rewards(reward_function, config.reward_weights)
+        self._setup(config, reward_function, sd_pipeline, image_samples_hook)
+
+    @staticmethod
+    def _check_dataset(dataset, config):
+        columns = getattr(dataset, "column_names", None)
+        if columns is None or not hasattr(dataset, "__getitem__"):
+            raise ValueError(f"train_dataset must be a datasets.Dataset, got {type(dataset).__name__}")
+        if config.prompt_column not in columns:
+            raise ValueError(
+                f"train_dataset has no {config.prompt_column!r} column (columns: {columns}); rename the prompt column "
+                "or set config.prompt_column"
+            )
+        if len(dataset) == 0:
+            raise ValueError("train_dataset is empty")
+
+    @staticmethod
+    def _combine_rewards(reward_function, weights):
+        if isinstance(reward_function, (list, tuple)):
+            if not reward_function:
+                raise ValueError("reward_function is an empty list; pass at least one reward callable")
+            for i, fn in enumerate(reward_function):
+                if not callable(fn):
+                    raise ValueError(f"reward_function[{i}] is not callable ({type(fn).__name__})")
+            if weights is not None and len(weights) != len(reward_function):
+                raise ValueError(
+                    f"reward_weights has {len(weights)} entries for {len(reward_function)} reward functions"
+                )
+            from .rewards.combine import CombinedReward
+
+            return CombinedReward(list(reward_function), weights=weights)
+        if weights is not None and len(weights) != 1:
+            raise ValueError(f"reward_weights has {len(weights)} entries for one reward function")
+        if weights is not None and weights[0] != 1.0:
+            from .rewards.combine import CombinedReward
+
+            return CombinedReward([reward_function], weights=weights)
+        return reward_function
+
+    # ------------------------------------------------------------------ sampling plan
+    def _trainable_timestep_count(self) -> int:
+        return self.config.sample_num_steps - (1 if self.config.train_skip_last_timestep else 0)
+
+    def _num_train_timesteps(self) -> int:
+        return max(1, int(self._trainable_timestep_count() * self.config.train_timestep_fraction))
+
+    def _groups_per_process(self) -> int:
+        c = self.config
+        return c.sample_batch_size * c.sample_num_batches_per_epoch // c.num_generations
+
+    def _epoch_group_rows(self, epoch: int) -> list[int]:
+        """Dataset rows of this epoch's groups, for all processes in order (the same list on every process)."""
+        from trl.trainer.utils import RepeatSampler
+
+        n_groups = self._groups_per_process() * self.accelerator.num_processes
+        n_rows = len(self.train_dataset)
+        if n_groups > n_rows:
+            raise ValueError(
+                f"train_dataset has {n_rows} prompts but an epoch needs {n_groups} distinct prompts "
+                "(num_processes * sample_batch_size * sample_num_batches_per_epoch / num_generations); add prompts or "
+                "lower the batch sizes"
+            )
+        per_pass = n_rows // n_groups
+        pass_idx, batch_idx = divmod(epoch, per_pass)
+        # TRL's RepeatSampler gives a seeded shuffle of whole prompts; one pass of it is `per_pass` epochs.
+        sampler = RepeatSampler(
+            self.train_dataset, mini_repeat_count=1, batch_size=n_groups, shuffle=True,
+            seed=_mix_seed(self.config.seed, 4, pass_idx) % (2**31),
+        )
+        order = list(sampler)
+        return order[batch_idx * n_groups : (batch_idx + 1) * n_groups]
+
+    def _sample_plan(self, epoch: int) -> _SamplePlan:
+        c = self.config
+        G = c.num_generations
+        k = self._groups_per_process()
+        rank = self.accelerator.process_index
+        prompts, metadata, noise_seeds, step_seeds = [], [], [], []
+        if self.train_dataset is not None:
+            rows = self._epoch_group_rows(epoch)[rank * k : (rank + 1) * k]
+        else:
+            rows = [None] * k
+        for j, row in enumerate(rows):
+            global_group = rank * k + j
+            if row is None:
+                prompt, meta = self.prompt_fn()
+                if not isinstance(prompt, str):
+                    raise ValueError(f"prompt_function must return (str, metadata), got a {type(prompt).__name__}")
+            else:
+                record = self.train_dataset[int(row)]
+                prompt = record[c.prompt_column]
+                if not isinstance(prompt, str):
+                    raise ValueError(f"train_dataset[{row}][{c.prompt_column!r}] is not a string: {prompt!r}")
+                meta = {key: v for key, v in record.items() if key != c.prompt_column}
+                meta["dataset_index"] = int(row)
+            for i in range(G):
+                sample_id = global_group * G + i
+                noise_id = global_group if c.share_initial_noise else (1 << 40) + sample_id
+                prompts.append(prompt)
+                metadata.append(meta)
+                noise_seeds.append(_mix_seed(c.seed, 5, epoch, noise_id))
+                step_seeds.append(_mix_seed(c.seed, 6, epoch, sample_id))
+        return _SamplePlan(prompts, metadata, noise_seeds, step_seeds)
+
+    # ------------------------------------------------------------------ advantages and logs
+    def _compute_advantages(self, rewards, prompts, metadata=None):
+        adv, stats = group_advantages(
+            rewards, self.config.num_generations, self.config.scale_rewards, self.config.advantage_epsilon
+        )
+        self._group_stats = stats
+        return adv
+
+    def _log_rewards(self, epoch, global_step, rewards, prompts, metadata, reward_results, advantages):
+        finite = np.isfinite(rewards)
+        r = rewards[finite]
+        log = {
+            "epoch": epoch,
+            "reward_mean": float(r.mean()) if r.size else float("nan"),
+            "reward_std": float(r.std()) if r.size else float("nan"),
+            "reward_nonfinite": int((~finite).sum()),
+            "frac_reward_zero_std": self._group_stats["zero_std_fraction"],
+        }
+        label = self.config.label_column
+        components = self._gather_components(reward_results)
+        self._last_components = components
+        labels = None
+        if metadata and isinstance(metadata[0], dict) and label in metadata[0]:
+            labels = np.asarray([str(m.get(label)).lower() for m in metadata])
+            for value in sorted(set(labels.tolist())):
+                mask = (labels == value) & finite
+                if mask.any():
+                    log[f"reward/{label}={value}/mean"] = float(rewards[mask].mean())
+                    log[f"reward/{label}={value}/std"] = float(rewards[mask].std())
+        for name, values in components.items():
+            fin = np.isfinite(values)
+            log[f"reward/{name}_mean"] = float(values[fin].mean()) if fin.any() else float("nan")
+            if labels is not None:
+                for value in sorted(set(labels.tolist())):
+                    mask = (labels == value) & fin
+                    if mask.any():
+                        log[f"reward/{name}/{label}={value}/mean"] = float(values[mask].mean())
+        self._log(log, step=global_step)
+
+    def _model_card_info(self) -> dict:
+        info = super()._model_card_info()
+        c = self.config
+        info["recipe"].update(
+            {
+                "num_generations": c.num_generations,
+                "share_initial_noise": c.share_initial_noise,
+                "scale_rewards": c.scale_rewards,
+                "train_skip_last_timestep": c.train_skip_last_timestep,
+            }
+        )
+        if self.train_dataset is not None:
+            info["dataset_size"] = len(self.train_dataset)
+            info["datasets"] = [getattr(self.train_dataset, "info", None) and self.train_dataset.info.dataset_name]
+        return info
+
+

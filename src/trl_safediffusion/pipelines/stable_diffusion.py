@@ -1,0 +1,518 @@
+"""The DDPO pipeline interface and its default implementation over any diffusers `StableDiffusionPipeline`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..schedulers.ddim_with_logprob import DDPOSchedulerOutput, ddim_step_with_logprob
+
+# Plain `logging`: accelerate's logger raises if used before an Accelerator exists (a TRL v0.23.1 defect).
+logger = logging.getLogger(__name__)
+
+DEFAULT_LORA_TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
+
+
+@dataclass
+class DDPOPipelineOutput:
+    """TRL-compatible output of `DDPOStableDiffusionPipeline.__call__`.
+
+    Args:
+        images (`torch.Tensor`): (B, 3, H, W) in [0, 1] (or PIL images / numpy with other `output_type`).
+        latents (`list[torch.Tensor]`): T + 1 latents, each (B, C, h, w).
+        log_probs (`list[torch.Tensor]`): T log-probabilities, each (B,).
+    """
+
+    images: object
+    latents: list
+    log_probs: list
+
+
+@dataclass
+class RolloutOutput:
+    """A batch of trajectories from [`DDPOStableDiffusionPipeline.rollout`].
+
+    Args:
+        images (`torch.Tensor`): decoded images (B, 3, H, W), float32 in [0, 1].
+        latents (`torch.Tensor`): (B, T + 1, C, h, w) float32, the initial noise first.
+        log_probs (`torch.Tensor`): (B, T) float32 log-probability of each step's sampled latent.
+        timesteps (`torch.Tensor`): (T,) long, the scheduler timesteps of the steps.
+    """
+
+    images: torch.Tensor
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    timesteps: torch.Tensor
+
+
+class DDPOStableDiffusionPipeline:
+    """Interface the DDPO/GRPO trainers use. Subclass it to train another diffusion model."""
+
+    use_lora: bool = False
+
+    def __call__(self, *args, **kwargs) -> DDPOPipelineOutput:
+        raise NotImplementedError
+
+    def rollout(self, *args, **kwargs) -> RolloutOutput:
+        raise NotImplementedError
+
+    def scheduler_step(self, *args, **kwargs) -> DDPOSchedulerOutput:
+        raise NotImplementedError
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def unet(self):
+        raise NotImplementedError
+
+    @property
+    def vae(self):
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        raise NotImplementedError
+
+    @property
+    def scheduler(self):
+        raise NotImplementedError
+
+    @property
+    def text_encoder(self):
+        raise NotImplementedError
+
+    @property
+    def autocast(self):
+        raise NotImplementedError
+
+    def set_progress_bar_config(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def save_pretrained(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def get_trainable_layers(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def save_checkpoint(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def load_checkpoint(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
+    r"""
+    Wraps a diffusers `StableDiffusionPipeline` (SD 1.x / 2.x, epsilon or v-prediction) for DDPO/GRPO training.
+
+    Args:
+        pretrained_model_name (`str` or `StableDiffusionPipeline`): Hub id or local folder of a diffusers pipeline, or an
+            already-built pipeline object.
+        pretrained_model_revision (`str`, *optional*, defaults to `"main"`): Hub revision.
+        use_lora (`bool`, *optional*, defaults to `True`): train LoRA adapters (peft) instead of the full UNet.
+        lora_rank (`int`, *optional*, defaults to `4`): LoRA rank.
+        lora_alpha (`float`, *optional*, defaults to `4`): LoRA alpha (scale = alpha / rank).
+        lora_target_modules (`list[str]`, *optional*): UNet modules that get adapters; defaults to the attention
+            projections `to_q`, `to_k`, `to_v`, `to_out.0`.
+        torch_dtype (`torch.dtype`, *optional*): dtype used to load the pipeline.
+        prompt_cache_size (`int`, *optional*, defaults to `4096`): prompt embeddings cached (the text encoder is frozen).
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name,
+        *,
+        pretrained_model_revision: str = "main",
+        use_lora: bool = True,
+        lora_rank: int = 4,
+        lora_alpha: float = 4,
+        lora_target_modules=None,
+        torch_dtype: torch.dtype | None = None,
+        prompt_cache_size: int = 4096,
+    ):
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        if isinstance(pretrained_model_name, StableDiffusionPipeline):
+            self.sd_pipeline = pretrained_model_name
+            self.pretrained_model_name = getattr(pretrained_model_name, "name_or_path", None) or getattr(
+                pretrained_model_name.config, "_name_or_path", None
+            )
+        elif isinstance(pretrained_model_name, (str, os.PathLike)):
+            kwargs = {"revision": pretrained_model_revision}
+            if torch_dtype is not None:
+                kwargs["torch_dtype"] = torch_dtype
+            self.sd_pipeline = StableDiffusionPipeline.from_pretrained(str(pretrained_model_name), **kwargs)
+            self.pretrained_model_name = str(pretrained_model_name)
+        else:
+            raise ValueError(
+                "pretrained_model_name must be a Hub id, a local folder or a diffusers StableDiffusionPipeline, got "
+                f"{type(pretrained_model_name).__name__}"
+            )
+        if not isinstance(lora_rank, int) or lora_rank < 1:
+            raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
+        if not lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+        self.pretrained_model_revision = pretrained_model_revision
+        self.use_lora = bool(use_lora)
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_target_modules = list(lora_target_modules or DEFAULT_LORA_TARGET_MODULES)
+
+        # The policy is a DDIM sampler with eta > 0, whatever scheduler the checkpoint shipped with.
+        self.sd_pipeline.scheduler = DDIMScheduler.from_config(self.sd_pipeline.scheduler.config)
+        self.sd_pipeline.safety_checker = None
+        self.sd_pipeline.vae.requires_grad_(False)
+        self.sd_pipeline.text_encoder.requires_grad_(False)
+        self.sd_pipeline.unet.requires_grad_(not self.use_lora)
+        if self.use_lora:
+            from peft import LoraConfig
+
+            lora_config = LoraConfig(
+                r=lora_rank,
+                lora_alpha=lora_alpha,
+                init_lora_weights="gaussian",
+                target_modules=self.lora_target_modules,
+            )
+            self.sd_pipeline.unet.add_adapter(lora_config)
+            for p in self.sd_pipeline.unet.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._prompt_cache_size = prompt_cache_size
+        self._progress_bar_config: dict = {}
+
+    # ------------------------------------------------------------------ components
+    @property
+    def unet(self):
+        return self.sd_pipeline.unet
+
+    @property
+    def vae(self):
+        return self.sd_pipeline.vae
+
+    @property
+    def tokenizer(self):
+        return self.sd_pipeline.tokenizer
+
+    @property
+    def scheduler(self):
+        return self.sd_pipeline.scheduler
+
+    @property
+    def text_encoder(self):
+        return self.sd_pipeline.text_encoder
+
+    @property
+    def autocast(self):
+        return contextlib.nullcontext if self.use_lora else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.sd_pipeline.unet.device
+
+    def set_progress_bar_config(self, *args, **kwargs):
+        self._progress_bar_config = dict(kwargs)
+        self.sd_pipeline.set_progress_bar_config(*args, **kwargs)
+
+    def get_trainable_layers(self):
+        return self.sd_pipeline.unet
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.sd_pipeline.unet.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompts(self, prompts) -> torch.Tensor:
+        """Text-encoder hidden states (B, L, D) for `prompts`, cached per prompt (the text encoder is frozen)."""
+        prompts = list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            tok = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            te = self.text_encoder
+            embeds = te(tok.input_ids.to(te.device))[0]
+            for p, e in zip(missing, embeds):
+                self._prompt_cache[p] = e
+                if len(self._prompt_cache) > self._prompt_cache_size:
+                    self._prompt_cache.popitem(last=False)
+        out = []
+        for p in prompts:
+            self._prompt_cache.move_to_end(p)
+            out.append(self._prompt_cache[p])
+        return torch.stack(out)
+
+    def clear_prompt_cache(self):
+        self._prompt_cache.clear()
+
+    # ------------------------------------------------------------------ sampling
+    def scheduler_step(self, model_output, timestep, sample, eta=1.0, prev_sample=None, generator=None, noise=None):
+        return ddim_step_with_logprob(
+            self.scheduler, model_output, timestep, sample, eta=eta, prev_sample=prev_sample, generator=generator,
+            noise=noise,
+        )
+
+    def predict(self, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds, guidance_scale, cfg=True):
+        """UNet prediction with classifier-free guidance: uncond + scale * (cond - uncond)."""
+        if cfg:
+            model_in = torch.cat([latents, latents])
+            t_in = torch.cat([timesteps, timesteps]) if torch.is_tensor(timesteps) and timesteps.ndim else timesteps
+            pred = unet(model_in, t_in, torch.cat([negative_prompt_embeds, prompt_embeds])).sample
+            uncond, cond = pred.chunk(2)
+            return uncond + guidance_scale * (cond - uncond)
+        return unet(latents, timesteps, prompt_embeds).sample
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode to float32 images (B, 3, H, W) in [0, 1]."""
+        vae = self.vae
+        scaled = latents / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        if shift:
+            scaled = scaled + shift
+        images = vae.decode(scaled.to(vae.dtype)).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        height = height or self.unet.config.sample_size * factor
+        width = width or self.unet.config.sample_size * factor
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be multiples of the VAE factor {factor}, got {height}x{width}")
+        return (self.unet.config.in_channels, height // factor, width // factor)
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        prompt_embeds: torch.Tensor,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        eta: float = 1.0,
+        initial_latents: torch.Tensor | None = None,
+        generators: list[torch.Generator] | torch.Generator | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        autocast=None,
+        decode: bool = True,
+        show_progress: bool = False,
+    ) -> RolloutOutput:
+        """Sample trajectories with DDIM-with-log-prob and classifier-free guidance.
+
+        Args:
+            prompt_embeds (`torch.Tensor`): (B, L, D) text-encoder states.
+            negative_prompt_embeds (`torch.Tensor`, *optional*): (B, L, D) states of the unconditional branch; required
+                when `guidance_scale > 1`.
+            initial_latents (`torch.Tensor`, *optional*): (B, C, h, w) starting noise (e.g. shared within a group).
+            generators (list of `torch.Generator`, *optional*): one per sample, for the initial noise (when
+                `initial_latents` is None) and every step's noise: a sample's trajectory then does not depend on the
+                batch it was drawn in.
+            autocast (*optional*): a context manager factory used around the UNet (mixed precision).
+        """
+        from tqdm.auto import tqdm
+
+        unet = self.unet
+        device = unet.device
+        batch = prompt_embeds.shape[0]
+        cfg = guidance_scale > 1.0
+        if cfg and negative_prompt_embeds is None:
+            negative_prompt_embeds = self.encode_prompts([""] * batch)
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != batch:
+            negative_prompt_embeds = negative_prompt_embeds[:1].expand(batch, *negative_prompt_embeds.shape[1:])
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        shape = self.latent_shape(height, width)
+        if initial_latents is None:
+            if isinstance(generators, (list, tuple)):
+                initial_latents = torch.stack(
+                    [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
+                )
+            else:
+                initial_latents = torch.randn((batch, *shape), generator=generators, dtype=torch.float32)
+        latents = initial_latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+        all_latents = [latents]
+        all_log_probs = []
+        ctx = autocast or contextlib.nullcontext
+        iterator = tqdm(timesteps, desc="Sampling", leave=False, disable=not show_progress)
+        for t in iterator:
+            with ctx():
+                model_in = self.scheduler.scale_model_input(latents, t)
+                pred = self.predict(
+                    unet, model_in, t, prompt_embeds, negative_prompt_embeds, guidance_scale, cfg=cfg
+                )
+            out = self.scheduler_step(pred, t, latents, eta=eta, generator=generators)
+            latents = out.latents
+            all_latents.append(latents)
+            all_log_probs.append(out.log_probs)
+        images = self.decode_latents(latents) if decode else None
+        return RolloutOutput(
+            images=images,
+            latents=torch.stack(all_latents, dim=1),  # (B, T + 1, C, h, w)
+            log_probs=torch.stack(all_log_probs, dim=1),  # (B, T)
+            timesteps=timesteps.clone(),  # (T,)
+        )
+
+    def __call__(
+        self,
+        prompt=None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt=None,
+        num_images_per_prompt: int = 1,
+        eta: float = 1.0,
+        generator=None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        **kwargs,
+    ) -> DDPOPipelineOutput:
+        """TRL-compatible sampling call: images plus the per-step latents and log-probabilities."""
+        if kwargs:
+            logger.debug("ignoring unsupported pipeline arguments %s", sorted(kwargs))
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("pass prompt or prompt_embeds")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+            prompt_embeds = self.encode_prompts(prompts)
+        if negative_prompt_embeds is None and guidance_scale > 1.0:
+            neg = negative_prompt if negative_prompt is not None else ""
+            negs = [neg] * prompt_embeds.shape[0] if isinstance(neg, str) else list(neg)
+            negative_prompt_embeds = self.encode_prompts(negs)
+        out = self.rollout(
+            prompt_embeds,
+            negative_prompt_embeds,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            initial_latents=latents,
+            generators=generator,
+            height=height,
+            width=width,
+            show_progress=not self._progress_bar_config.get("disable", False),
+        )
+        images = out.images
+        if output_type == "pil":
+            images = self.sd_pipeline.image_processor.pt_to_numpy(images)
+            images = self.sd_pipeline.image_processor.numpy_to_pil(images)
+        elif output_type == "np":
+            images = self.sd_pipeline.image_processor.pt_to_numpy(images)
+        elif output_type != "pt":
+            raise ValueError(f"output_type must be 'pt', 'np' or 'pil', got {output_type!r}")
+        return DDPOPipelineOutput(
+            images=images, latents=list(out.latents.unbind(1)), log_probs=list(out.log_probs.unbind(1))
+        )
+
+    # ------------------------------------------------------------------ saving
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA weights of the UNet in diffusers' key format (what `load_lora_weights` reads)."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+
+    def lora_adapter_metadata(self) -> dict:
+        config = self.unet.peft_config["default"].to_dict()
+        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+    def save_lora(self, output_dir: str):
+        """Write `pytorch_lora_weights.safetensors` with the LoRA config (rank, alpha) so that
+        `StableDiffusionPipeline.load_lora_weights(output_dir)` reproduces the trained UNet exactly."""
+        from diffusers import StableDiffusionPipeline
+
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.lora_state_dict().items()}
+        StableDiffusionPipeline.save_lora_weights(
+            save_directory=output_dir,
+            unet_lora_layers=state,
+            safe_serialization=True,
+            unet_lora_adapter_metadata=self.lora_adapter_metadata(),
+        )
+
+    def save_pretrained(self, output_dir: str, fuse_lora: bool = False):
+        """Save in diffusers format: the full pipeline (full fine-tune, or LoRA with `fuse_lora=True`), or the LoRA
+        weights alone. Safetensors only."""
+        os.makedirs(output_dir, exist_ok=True)
+        if not self.use_lora:
+            self.sd_pipeline.save_pretrained(output_dir, safe_serialization=True)
+            return
+        if not fuse_lora:
+            self.save_lora(output_dir)
+            return
+        import copy
+
+        from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        fused_unet = copy.deepcopy(self.unet)
+        for module in fused_unet.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge(safe_merge=True)
+        state = {k.replace(".base_layer", ""): v for k, v in fused_unet.state_dict().items() if "lora_" not in k}
+        clean = UNet2DConditionModel.from_config(self.unet.config)
+        clean.load_state_dict(state)
+        clean.to(self.unet.dtype)
+        StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=clean,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        ).save_pretrained(output_dir, safe_serialization=True)
+
+    def save_checkpoint(self, models, weights, output_dir):
+        """accelerate `save_state` pre-hook: the UNet (or its LoRA weights) in diffusers format."""
+        if len(models) != 1:
+            raise ValueError(f"expected one prepared model (the UNet), got {len(models)}")
+        if self.use_lora:
+            self.save_lora(output_dir)
+        else:
+            models[0].save_pretrained(os.path.join(output_dir, "unet"), safe_serialization=True)
+        if weights:
+            weights.pop()  # we saved the model ourselves; accelerate must not save it again
+
+    def load_checkpoint(self, models, input_dir):
+        """accelerate `load_state` pre-hook: the inverse of `save_checkpoint`."""
+        if len(models) != 1:
+            raise ValueError(f"expected one prepared model (the UNet), got {len(models)}")
+        model = models.pop()
+        if self.use_lora:
+            self.load_lora_into_unet(input_dir, unet=model)
+        else:
+            from diffusers import UNet2DConditionModel
+
+            loaded = UNet2DConditionModel.from_pretrained(os.path.join(input_dir, "unet"))
+            model.register_to_config(**loaded.config)
+            model.load_state_dict(loaded.state_dict())
+            del loaded
+
+    def load_lora_into_unet(self, input_dir: str, unet=None):
+        """Load `pytorch_lora_weights.safetensors` from `input_dir` into the existing adapter of the UNet."""
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_unet_state_dict_to_peft
+        from peft.utils import set_peft_model_state_dict
+
+        unet = unet if unet is not None else self.unet
+        state, _ = StableDiffusionPipeline.lora_state_dict(input_dir)
+        unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
+        unet_state = convert_unet_state_dict_to_peft(unet_state)
+        result = set_peft_model_state_dict(unet, unet_state, adapter_name="default")
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"LoRA checkpoint in {input_dir} has keys the UNet lacks: {result.unexpected_keys[:5]}")
