@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def open_clip_parts():
     """(model, tokenizer, eval transform) of the tiny open_clip model (32 px, embed_dim 32), seed 0."""
     from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
@@ -16,7 +16,7 @@ def open_clip_parts():
     return tiny_open_clip(seed=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def transformers_parts():
     """(CLIPModel, CLIPTokenizer, CLIPImageProcessor) of the tiny transformers CLIP (32 px), seed 0."""
     from trl_safediffusion.rewards.tiny_clip import tiny_transformers_clip

@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch
-from reward_fixtures import CountingBackend, open_clip_parts, random_images, transformers_parts
 
+from reward_fixtures import CountingBackend, open_clip_parts, random_images, transformers_parts
 from trl_safediffusion.rewards import (
     AnchorSet,
     CLIPSteeringReward,

@@ -289,14 +289,14 @@ class PreprocessSpec:
             crop = (int(crop_dict["height"]), int(crop_dict["width"]))
         resample = getattr(processor, "resample", 3)
         interpolation = "bilinear" if int(getattr(resample, "value", resample)) == 2 else "bicubic"
-        # transformers' numpy center_crop floors the offset; its torchvision backend rounds like torchvision.
-        backend = getattr(processor, "backend", None)
-        is_torchvision = backend == "torchvision" or type(processor).__name__.endswith("Fast")
+        # transformers 5 floors the crop offset in both its PIL/numpy and torchvision backends; the 4.x "*Fast"
+        # processors called torchvision's center_crop, which rounds.
+        rounds = type(processor).__name__.endswith("Fast")
         if getattr(processor, "do_normalize", True):
             mean, std = _three(processor.image_mean), _three(processor.image_std)
         else:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        return cls(resize_size, mode, crop, mean, std, interpolation, "round" if is_torchvision else "floor", 0.0)
+        return cls(resize_size, mode, crop, mean, std, interpolation, "round" if rounds else "floor", 0.0)
 
 
 def _three(values) -> tuple[float, float, float]:

@@ -81,7 +81,7 @@ def steering_sweep(
     if isinstance(labels, str) or len(labels) != len(prompts):
         raise ValueError(f"labels must be a list with one label per prompt ({len(prompts)}), got {labels!r}")
     if alphas is None:
-        alphas = torch.linspace(0.0, 2.0, 21)
+        alphas = torch.linspace(0.0, 2.0, 21, dtype=torch.float64)
     alphas = [round(float(a), 10) for a in alphas]
     if not alphas:
         raise ValueError("alphas must hold at least one value")
