@@ -109,7 +109,7 @@ class FakeHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-hub", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-hub", daemon=True)
         self._thread.start()
         return self.url
 
@@ -185,6 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(payload)))
+        # one request per connection, so that `stop()` really takes the server down for pooled clients too
+        self.send_header("Connection", "close")
+        self.close_connection = True
         self.end_headers()
         if not head:
             self.wfile.write(payload)
@@ -228,11 +231,12 @@ class _Handler(BaseHTTPRequestHandler):
         repo_type = payload.get("type") or "model"
         namespace = payload.get("organization") or FAKE_USER
         repo_id = f"{namespace}/{payload['name']}"
-        if (repo_type, repo_id) in self.fake_hub.repos:
-            return self._send_json({"error": "You already created this repo", "url": ""}, status=409)
-        self.fake_hub.add_repo(repo_type, repo_id, bool(payload.get("private")))
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        self._send_json({"url": f"{self.fake_hub.url}/{prefix}{repo_id}", "name": repo_id})
+        url = f"{self.fake_hub.url}/{prefix}{repo_id}"
+        if (repo_type, repo_id) in self.fake_hub.repos:  # the Hub answers 409 with the repo's url
+            return self._send_json({"error": "You already created this repo", "url": url}, status=409)
+        self.fake_hub.add_repo(repo_type, repo_id, bool(payload.get("private")))
+        self._send_json({"url": url, "name": repo_id})
 
     def _validate_yaml(self, body: bytes) -> None:
         content = json.loads(body or b"{}").get("content", "")
