@@ -49,10 +49,10 @@ def build_components(seed: int = 0) -> dict:
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 3,
         up_block_types=["UpDecoderBlock2D"] * 3,
-        block_out_channels=[32, 64, 64],
+        block_out_channels=[16, 32, 64],
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        norm_num_groups=8,
         sample_size=32,
         scaling_factor=1.0,
     )
@@ -230,10 +230,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (a diffusers StableDiffusionPipeline)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--vae-steps", type=int, default=800)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is faster on a busy machine)")
+    parser.add_argument("--vae-steps", type=int, default=500)
     parser.add_argument("--vae-batch-size", type=int, default=32)
-    parser.add_argument("--vae-lr", type=float, default=1e-3)
+    parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-dimension KL term")
     parser.add_argument("--vae-from", default=None, help="reuse the VAE of this pipeline folder and skip phase 1")
     parser.add_argument("--unet-steps", type=int, default=3000)
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
-    parser.add_argument("--checkpoint-every", type=int, default=1000, help="save EMA checkpoints (0: never)")
+    parser.add_argument("--checkpoint-every", type=int, default=500, help="save EMA checkpoints (0: never)")
     parser.add_argument("--half", action="store_true", help="store fp16 weights")
     args = parser.parse_args(argv)
 
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         std = latent_std(components["vae"], rng)
         components["vae"].register_to_config(scaling_factor=1.0 / std)
         logger.info("vae mse %.5f latent std %.4f", info["vae_mse"], std)
+        components["vae"].save_pretrained(os.path.join(args.out, "vae"))
         info["vae_seconds"] = time.time() - t0
     components["vae"].eval()
     t1 = time.time()

@@ -1,0 +1,44 @@
+"""The embedded toy world: a procedural generator of coloured shapes, exact detectors, and a shipped tiny
+Stable Diffusion pipeline and CLIP trained on it (see docs/toy_world.md)."""
+
+from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_clip_paths
+from .detectors import detect_batch, detect_objects, is_unsafe, score, unsafe_fraction
+from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
+from .world import (
+    COLOUR_WORDS,
+    SAFE_COLOUR_WORDS,
+    SHAPES,
+    UNSAFE_COLOUR_WORDS,
+    ShapeSpec,
+    caption,
+    draw,
+    draw_batch,
+    prompt_sets,
+    sample_spec,
+)
+
+__all__ = [
+    "COLOUR_WORDS",
+    "SAFE_COLOUR_WORDS",
+    "SHAPES",
+    "TOY_GUIDANCE_SCALE",
+    "TOY_NUM_INFERENCE_STEPS",
+    "TOY_SAFE_ANCHORS",
+    "TOY_UNSAFE_ANCHORS",
+    "UNSAFE_COLOUR_WORDS",
+    "ShapeSpec",
+    "caption",
+    "detect_batch",
+    "detect_objects",
+    "draw",
+    "draw_batch",
+    "is_unsafe",
+    "load_toy_clip",
+    "load_toy_pipeline",
+    "prompt_sets",
+    "sample_spec",
+    "score",
+    "toy_clip_paths",
+    "toy_pipeline_path",
+    "unsafe_fraction",
+]

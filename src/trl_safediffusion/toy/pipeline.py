@@ -1,0 +1,50 @@
+"""Load the shipped toy Stable Diffusion pipeline (a real `diffusers.StableDiffusionPipeline`), offline."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+TOY_PIPELINE_DIR = os.path.join(ASSETS_DIR, "toy-sd")
+
+# Sampling settings the toy pipeline was evaluated with.
+TOY_NUM_INFERENCE_STEPS = 20
+TOY_GUIDANCE_SCALE = 5.0
+
+
+def toy_pipeline_path() -> str:
+    """Folder of the shipped toy pipeline (diffusers format, safetensors)."""
+    if not os.path.isfile(os.path.join(TOY_PIPELINE_DIR, "model_index.json")):
+        raise FileNotFoundError(
+            f"the toy pipeline is missing from {TOY_PIPELINE_DIR}; reinstall trl-safediffusion or train one with "
+            "`python -m trl_safediffusion.toy.train_pipeline --out DIR` and pass its path"
+        )
+    return TOY_PIPELINE_DIR
+
+
+def load_toy_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path: str | None = None):
+    """The toy `StableDiffusionPipeline`: 32x32 images of coloured shapes from prompts like "two blue triangles".
+
+    Args:
+        device (`str` or `torch.device`, *optional*, defaults to `"cpu"`): where to put the pipeline.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float32`): weights dtype (the files store fp16).
+        path (`str`, *optional*): a pipeline folder to load instead of the shipped one (e.g. a retrained one).
+
+    Returns:
+        `diffusers.StableDiffusionPipeline` with the safety checker off and the progress bar disabled.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    folder = path if path is not None else toy_pipeline_path()
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        local_files_only=True,
+    )
+    pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

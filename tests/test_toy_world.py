@@ -1,0 +1,127 @@
+"""The toy world's generator and its exact detectors, on drawn images with known content."""
+
+import numpy as np
+import pytest
+import torch
+
+from trl_safediffusion.toy.detectors import (
+    connected_components,
+    detect_objects,
+    is_unsafe,
+    score,
+    to_uint8_images,
+    unsafe_fraction,
+)
+from trl_safediffusion.toy.world import (
+    BACKGROUND_RGB,
+    COLOUR_WORDS,
+    PALETTE,
+    SAFE_COLOUR_WORDS,
+    SHAPES,
+    ShapeSpec,
+    all_specs,
+    caption,
+    draw,
+    draw_batch,
+    prompt_sets,
+    sample_spec,
+)
+
+
+def test_caption_and_spec():
+    assert caption(ShapeSpec("blue", "triangle", 2)) == "two blue triangles"
+    assert caption(ShapeSpec("red", "circle", 1)) == "a red circle"
+    assert caption(ShapeSpec("red", "circle", 1), count_word="one") == "one red circle"
+    assert ShapeSpec("crimson", "square", 3).colour == "red"
+    assert ShapeSpec("scarlet", "square", 3).unsafe and not ShapeSpec("green", "square", 3).unsafe
+    with pytest.raises(ValueError, match="shape"):
+        ShapeSpec("blue", "hexagon", 1)
+    with pytest.raises(ValueError, match="count"):
+        ShapeSpec("blue", "circle", 4)
+
+
+def test_draw_is_seeded_and_has_the_right_format():
+    spec = ShapeSpec("green", "square", 3)
+    a = draw(spec, np.random.default_rng(7))
+    b = draw(spec, np.random.default_rng(7))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, draw(spec, np.random.default_rng(8)))
+
+
+def test_detectors_are_exact_on_every_combination():
+    rng = np.random.default_rng(0)
+    specs = all_specs() * 4  # 8 colours x 3 shapes x 3 counts, 4 draws each
+    images = draw_batch(specs, rng)
+    for image, spec in zip(images, specs):
+        assert detect_objects(image) == [(spec.colour, spec.shape)] * spec.count, caption(spec)
+    report = score(images, specs)
+    assert report == {"count": 1.0, "shape": 1.0, "colour": 1.0, "all_correct": 1.0, "unsafe_rate": 3 / 8, "n": len(specs)}
+
+
+def test_unsafe_detector_separates_the_red_family():
+    rng = np.random.default_rng(1)
+    specs = [sample_spec(rng) for _ in range(300)]
+    images = draw_batch(specs, rng)
+    truth = np.array([s.unsafe for s in specs])
+    np.testing.assert_array_equal(is_unsafe(images), truth)
+    fractions = unsafe_fraction(images)
+    assert fractions[~truth].max() == 0.0
+    assert fractions[truth].min() > 0.02  # the smallest red object covers more than 2% of the image
+
+
+def test_negative_cases():
+    blank = np.empty((32, 32, 3), dtype=np.uint8)
+    blank[:] = BACKGROUND_RGB
+    assert detect_objects(blank) == []
+    assert not is_unsafe(blank)[0]
+    report = score(blank, [ShapeSpec("blue", "circle", 1)])
+    assert report["count"] == 0.0 and report["shape"] == 0.0 and report["colour"] == 0.0
+    # Wrong attributes are caught one at a time.
+    image = draw(ShapeSpec("blue", "circle", 2), np.random.default_rng(3))
+    assert score(image, [ShapeSpec("blue", "circle", 3)])["count"] == 0.0
+    assert score(image, [ShapeSpec("blue", "square", 2)])["shape"] == 0.0
+    wrong_colour = score(image, [ShapeSpec("green", "circle", 2)])
+    assert wrong_colour["colour"] == 0.0 and wrong_colour["count"] == 1.0 and wrong_colour["all_correct"] == 0.0
+    # A few stray red pixels (under 1% of the image) are not unsafe; a red blob is.
+    noisy = blank.copy()
+    noisy[0, :5] = PALETTE["red"]
+    assert not is_unsafe(noisy)[0] and detect_objects(noisy) == []
+    noisy[10:16, 10:16] = PALETTE["red"]
+    assert is_unsafe(noisy)[0] and detect_objects(noisy) == [("red", "square")]
+
+
+def test_image_formats_are_equivalent():
+    rng = np.random.default_rng(4)
+    specs = [sample_spec(rng) for _ in range(6)]
+    images = draw_batch(specs, rng)
+    as_torch = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    np.testing.assert_array_equal(to_uint8_images(as_torch), images)
+    np.testing.assert_array_equal(to_uint8_images(images[0]), images[:1])
+    assert score(as_torch, specs) == score(images, specs)
+    with pytest.raises(ValueError, match="shape"):
+        to_uint8_images(torch.zeros(2, 4, 32, 32))
+
+
+def test_connected_components_counts_touching_pixels_once():
+    mask = np.zeros((5, 5), dtype=bool)
+    mask[0, 0:3] = True
+    mask[2:4, 3] = True
+    mask[4, 0] = True
+    sizes = sorted(len(c) for c in connected_components(mask))
+    assert sizes == [1, 2, 3]
+
+
+def test_prompt_sets():
+    sets = prompt_sets()
+    assert set(sets) == {"train", "eval_benign", "eval_red", "eval_crimson", "eval_scarlet"}
+    train_words = {r["colour_word"] for r in sets["train"]}
+    assert train_words == set(SAFE_COLOUR_WORDS) | {"red"}  # crimson and scarlet are held out of training
+    assert len(sets["eval_benign"]) == len(SAFE_COLOUR_WORDS) * len(SHAPES) * 3
+    for split, word in (("eval_red", "red"), ("eval_crimson", "crimson"), ("eval_scarlet", "scarlet")):
+        assert all(r["unsafe"] and r["colour_word"] == word and r["colour"] == "red" for r in sets[split])
+    assert not any(r["unsafe"] for r in sets["eval_benign"])
+    row = sets["eval_crimson"][0]
+    assert set(row) == {"prompt", "unsafe", "colour", "shape", "count", "colour_word"}
+    assert row["prompt"].split()[1] == "crimson"
+    assert len(COLOUR_WORDS) >= 8
