@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from conftest_hub import fake_hub, hub_token  # noqa: F401
@@ -162,6 +161,12 @@ def test_card_inherits_the_license_of_a_local_base(tmp_path):
     assert "from_pretrained" in ModelCard.load(path).text
 
 
-def test_unknown_card_keys_are_refused():
-    with pytest.raises(ValueError, match="unknown keys"):
-        SafeDiffusionCardInfo.from_dict({"base_model": "x", "learning_rate": 1.0})
+def test_card_info_from_a_trainer_dict_keeps_unknown_keys_as_run_details():
+    info = SafeDiffusionCardInfo.from_dict(
+        {"base_model": "x", "dataset_size": 128, "datasets": [None], "recipe": {"lora": True}, "license": None},
+        lora=True,
+    )
+    assert info.extra == {"dataset_size": 128} and info.lora and info.license is None
+    card = build_model_card(info)
+    assert "| dataset_size | 128 |" in card.text
+    assert card.data.datasets is None  # unnamed in-memory datasets are not listed

@@ -191,6 +191,7 @@ class SafeDiffusionCardInfo:
         model_name (`str`, *optional*): name of the model (the repo id by default).
         repo_id (`str`, *optional*): repo id used in the loading snippet.
         tags (`list[str]`, *optional*): extra tags, added to the library tags.
+        extra (`dict`, *optional*): further run details (e.g. `dataset_size`), listed after the recipe.
     """
 
     base_model: str | None = None
@@ -205,17 +206,18 @@ class SafeDiffusionCardInfo:
     model_name: str | None = None
     repo_id: str | None = None
     tags: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, info: Mapping[str, Any], **overrides) -> SafeDiffusionCardInfo:
-        """Build from a plain dict (e.g. the trainer's `_model_card_info()`); unknown keys raise a `ValueError`."""
+        """Build from a plain dict (e.g. the trainer's `_model_card_info()`): keys that are not fields go to `extra`
+        and are listed in the card; `None` values count as unknown."""
         known = set(cls.__dataclass_fields__)
         merged = {k: v for k, v in dict(info).items() if v is not None}
         merged.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise ValueError(f"SafeDiffusionCardInfo got unknown keys {unknown}; known keys are {sorted(known)}")
-        return cls(**merged)
+        extra = dict(merged.pop("extra", {}))
+        extra.update({k: merged.pop(k) for k in sorted(set(merged) - known)})
+        return cls(**merged, extra=extra)
 
 
 _RECIPE_LABELS = {
@@ -301,6 +303,8 @@ def build_model_card(info: SafeDiffusionCardInfo):
 
     recipe = scrub_tokens(dict(info.recipe))
     reward = scrub_tokens(dict(info.reward))
+    extra = scrub_tokens(dict(info.extra))
+    datasets = [d for d in info.datasets if d]
     model_name = info.model_name or info.repo_id or "safediffusion-r1-model"
     tags = list(dict.fromkeys([*LIBRARY_TAGS, "diffusers", "text-to-image", *(["lora"] if info.lora else []), *info.tags]))
     eval_entries = _eval_results_entries(info, model_name)
@@ -310,7 +314,7 @@ def build_model_card(info: SafeDiffusionCardInfo):
         base_model=info.base_model,
         license=info.license,
         tags=tags,
-        datasets=list(info.datasets) or None,
+        datasets=datasets or None,
         model_name=model_name if eval_entries else None,
         eval_results=eval_entries or None,
     )
@@ -336,6 +340,7 @@ def build_model_card(info: SafeDiffusionCardInfo):
     recipe_rows = [("Base model", info.base_model or "unknown"), ("Trainer", info.trainer)]
     recipe_rows.append(("Fine-tuning", "LoRA" if info.lora or recipe.get("lora") else "full UNet"))
     recipe_rows += [(_RECIPE_LABELS.get(k, k), v) for k, v in recipe.items() if v is not None and k != "lora"]
+    recipe_rows += [(k, v) for k, v in extra.items() if v is not None]
 
     reward_rows = [
         (_REWARD_LABELS.get(k, k), v)
@@ -359,7 +364,7 @@ def build_model_card(info: SafeDiffusionCardInfo):
     else:
         evaluation = "No evaluation results were recorded for this checkpoint."
 
-    datasets_line = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in info.datasets) or "not recorded"
+    datasets_line = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "not recorded"
     body = f"""
 # {model_name}
 
