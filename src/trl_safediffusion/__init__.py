@@ -1,1 +1,51 @@
-"""trl-safediffusion."""
+"""trl-safediffusion: TRL's diffusion RL conventions, maintained, plus SafeDiffusion-R1's online GRPO
+(`SafeDDPOGRPOTrainer`) and its CLIP steering reward.
+
+Public names are imported lazily so that `import trl_safediffusion` stays fast and optional extras stay optional.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "DDPOConfig": ".ddpo_config",
+    "DDPOTrainer": ".ddpo_trainer",
+    "RewardFunctionError": ".ddpo_trainer",
+    "PerPromptStatTracker": ".ddpo_trainer",
+    "SafeDDPOGRPOConfig": ".grpo_config",
+    "SafeDDPOGRPOTrainer": ".grpo_trainer",
+    "group_advantages": ".grpo_trainer",
+    "DDPOStableDiffusionPipeline": ".pipelines",
+    "DefaultDDPOStableDiffusionPipeline": ".pipelines",
+    "DDPOPipelineOutput": ".pipelines",
+    "RolloutOutput": ".pipelines",
+    "DDPOSchedulerOutput": ".schedulers",
+    "ddim_step_with_logprob": ".schedulers",
+    "load_prompt_dataset": ".data",
+    "mix_prompts": ".data",
+    "CLIPSteeringReward": ".rewards",
+    "CombinedReward": ".rewards",
+    "AnchorSet": ".rewards",
+    "ANCHOR_PRESETS": ".rewards",
+    "get_anchor_preset": ".rewards",
+    "load_anchors": ".rewards",
+    "steering_sweep": ".rewards",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trl_safediffusion' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

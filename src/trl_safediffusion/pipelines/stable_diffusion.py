@@ -50,6 +50,12 @@ class RolloutOutput:
     timesteps: torch.Tensor
 
 
+def _module_dtype(module) -> torch.dtype:
+    inner = getattr(module, "module", module)  # DistributedDataParallel and similar wrappers
+    dtype = getattr(inner, "dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else next(inner.parameters()).dtype
+
+
 class DDPOStableDiffusionPipeline:
     """Interface the DDPO/GRPO trainers use. Subclass it to train another diffusion model."""
 
@@ -266,7 +272,14 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         )
 
     def predict(self, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds, guidance_scale, cfg=True):
-        """UNet prediction with classifier-free guidance: uncond + scale * (cond - uncond)."""
+        """UNet prediction with classifier-free guidance: uncond + scale * (cond - uncond).
+
+        Inputs are cast to the UNet's parameter dtype (autocast, where active, then picks the compute dtype)."""
+        dtype = _module_dtype(unet)
+        latents = latents.to(dtype)
+        prompt_embeds = prompt_embeds.to(dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
         if cfg:
             model_in = torch.cat([latents, latents])
             t_in = torch.cat([timesteps, timesteps]) if torch.is_tensor(timesteps) and timesteps.ndim else timesteps
