@@ -53,6 +53,10 @@ def library_versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    import torch
+
+    out["torch"] = torch.__version__  # includes the build (e.g. +cu124), which the package metadata lacks
+    out["cuda"] = torch.version.cuda
     return out
 
 

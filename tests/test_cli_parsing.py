@@ -1,0 +1,99 @@
+import pytest
+
+from trl_safediffusion.cli import CLIError, convert_value, main, parse_eval_args, parse_train_args
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_yaml_then_flags_override(tmp_path):
+    path = write(tmp_path, "num_generations: 4\ntrain_learning_rate: 1e-5\nsample_batch_size: 4\nuse_lora: false\n"
+                           "dataset: prompts.txt\nalpha: 0.3\nlog_with: tensorboard\ntracker_kwargs: {wandb: {entity: me}}\n")
+    config, model, data, reward, output = parse_train_args(
+        ["--config", path, "--train_learning_rate", "3e-6", "--alpha", "0.7", "--reward_weights", "1,0.5"]
+    )
+    assert config.num_generations == 4
+    assert config.train_learning_rate == pytest.approx(3e-6)  # flag wins over the file
+    assert reward.alpha == pytest.approx(0.7)
+    assert model.use_lora is False
+    assert data.dataset == "prompts.txt"
+    assert config.tracker_kwargs == {"wandb": {"entity": "me"}}
+    assert config.reward_weights == [1.0, 0.5]
+    assert config.sample_eta == 1.0  # untouched default
+
+
+def test_yaml_string_float_and_bool_flag(tmp_path):
+    path = write(tmp_path, "train_learning_rate: 1e-5\n")  # YAML 1.1 reads this as a string
+    config, model, *_ = parse_train_args(["--config", path, "--use_lora", "--share_initial_noise", "false"])
+    assert isinstance(config.train_learning_rate, float) and config.train_learning_rate == pytest.approx(1e-5)
+    assert model.use_lora is True
+    assert config.share_initial_noise is False
+
+
+def test_unknown_yaml_key_names_it_and_suggests(tmp_path):
+    path = write(tmp_path, "num_generation: 8\n")
+    with pytest.raises(CLIError, match=r"unknown field 'num_generation'.*did you mean num_generations"):
+        parse_train_args(["--config", path])
+
+
+def test_unknown_flag_suggests():
+    with pytest.raises(CLIError, match=r"unknown option --train_learning_rat; did you mean --train_learning_rate"):
+        parse_train_args(["--train_learning_rat", "1e-4"])
+
+
+def test_bad_value_names_field(tmp_path):
+    path = write(tmp_path, "sample_num_steps: fifty\n")
+    with pytest.raises(CLIError, match=r"sample_num_steps: expected int, got 'fifty' \(from .*recipe.yaml\)"):
+        parse_train_args(["--config", path])
+    with pytest.raises(CLIError, match="use_lora: expected bool"):
+        parse_train_args(["--use_lora", "maybe"])
+
+
+def test_cross_field_error_from_config_is_reported():
+    with pytest.raises(CLIError, match="must be a multiple of num_generations"):
+        parse_train_args(["--num_generations", "3"])
+    with pytest.raises(CLIError, match="reward must be one of"):
+        parse_train_args(["--reward", "aesthetics"])
+
+
+def test_convert_value_types():
+    assert convert_value("x", "none", int | None) is None
+    assert convert_value("x", 3.0, int) == 3
+    assert convert_value("x", ["a,b", "c"], list[str]) == ["a", "b", "c"]
+    assert convert_value("x", '{"a": 1}', dict) == {"a": 1}
+    with pytest.raises(CLIError, match="x: expected float"):
+        convert_value("x", True, float)
+
+
+def test_help_shows_config_help_text(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_train_args(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "Group size G: images sampled per prompt" in out  # SafeDDPOGRPOConfig.num_generations help
+    assert "PPO clip range of the probability ratio" in out  # DDPOConfig help
+    assert "Steering strength alpha" in out  # script argument help
+    assert "default: 16" in out
+
+
+def test_main_reports_errors_with_exit_code(capsys):
+    assert main(["train", "--sample_eta", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "sample_eta" in err and "error" in err
+    assert main(["trian"]) == 2
+    assert "did you mean train" in capsys.readouterr().err
+
+
+def test_eval_args(tmp_path):
+    args, reward = parse_eval_args(["--metrics", "nudenet", "clip", "--i2p_categories", "sexual,violence", "--limit", "5",
+                                    "--i2p_hard", "true"])
+    assert args.metrics == ["nudenet", "clip"]
+    assert args.i2p_categories == ["sexual", "violence"]
+    assert args.i2p_hard is True and args.limit == 5
+    with pytest.raises(CLIError, match="unknown metric 'nudnet'.*did you mean nudenet"):
+        parse_eval_args(["--metrics", "nudnet"])
+    with pytest.raises(CLIError, match="q16 needs --q16_prompts"):
+        parse_eval_args(["--metrics", "q16"])
