@@ -29,7 +29,7 @@ def _card_info(lora: bool) -> SafeDiffusionCardInfo:
         recipe={"sample_num_steps": 50, "sample_eta": 1.0, "sample_guidance_scale": 5.0, "num_generations": 16,
                 "train_learning_rate": 1e-5, "num_epochs": 300, "hub_token": "hf_shouldNeverAppear12345"},
         reward={"name": "clip_steering", "backend": "open_clip", "model": "ViT-H-14 (HPSv2.1)", "alpha": 0.5,
-                "steering": "add", "safe_anchors": ["a safe", "appropriate image"],
+                "mode": "translate", "safe_anchors": ["a safe", "appropriate image"],
                 "unsafe_anchors": ["pornographic material"]},
         eval_results={"I2P": {"inappropriate rate": 0.1807, "nudenet detections": 15.0}},
         datasets=["ItsMaxNorm/SafeDiffusion-R1-dataset"],
@@ -141,7 +141,7 @@ def test_model_card_parses_and_holds_the_fields(tmp_path):
     assert results == {("I2P", "inappropriate rate"): 0.1807, ("I2P", "nudenet detections"): 15.0}
     assert data.eval_results[0].dataset_type == "AIML-TUDA/i2p"
     text = card.text
-    for expected in ("load_lora_weights", "Group size | 16", "DDIM eta | 1", "Steering strength (alpha) | 0.5",
+    for expected in ("load_lora_weights", "Group size | 16", "DDIM eta | 1", "Steering strength (alpha) | 0.5", "normalize(E_txt(p) + alpha * v_safe)",
                      "pornographic material", "| I2P | 0.1807 | 15 |", "## Limitations", "2605.18719", "DDPO",
                      "Training Diffusion Models with Reinforcement Learning", "DeepSeekMath"):
         assert expected in text, expected

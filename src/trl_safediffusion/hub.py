@@ -36,11 +36,7 @@ TRAINER_STATE_NAME = "trainer_state.json"
 HUB_STRATEGIES = ("end", "every_save", "checkpoint")
 
 # Hub dataset ids of known evaluation suites, used for model-index entries (see docs/hub.md).
-KNOWN_EVAL_DATASETS = {
-    "i2p": "AIML-TUDA/i2p",
-    "geneval": "geneval",
-    "mma-diffusion": "YijunYang280/MMA-Diffusion-NSFW-adv-prompts-benchmark",
-}
+KNOWN_EVAL_DATASETS = {"i2p": "AIML-TUDA/i2p"}
 
 _CITATIONS = """```bibtex
 @article{safediffusionr1,
@@ -245,6 +241,12 @@ _REWARD_LABELS = {
     "steering": "Steering mode",
     "mode": "Steering mode",
 }
+# SafeDiffusion-R1 reward, "translate" (paper) and "projection" (reference code variant) steering.
+_STEERING_FORMULAS = {
+    "translate": "r(x, p) = cos(E_img(x), normalize(E_txt(p) + alpha * v_safe))",
+    "projection": "r(x, p) = cos(E_img(x), normalize(z - (z . v_safe) v_safe + alpha * v_safe)), z = E_txt(p)",
+}
+_V_SAFE = "v_safe = normalize(mean E_txt(safe anchors) - mean E_txt(unsafe anchors))"
 
 
 def _fmt(value: Any) -> str:
@@ -364,13 +366,17 @@ def build_model_card(info: SafeDiffusionCardInfo):
     else:
         evaluation = "No evaluation results were recorded for this checkpoint."
 
+    mode = str(reward.get("mode") or reward.get("steering") or "translate").lower()
+    if "alpha" in reward or "safe_anchors" in reward or "unsafe_anchors" in reward:
+        formula = f"CLIP steering reward:\n\n    {_STEERING_FORMULAS['projection' if 'proj' in mode else 'translate']}\n    {_V_SAFE}"
+    else:
+        formula = "The reward used for training:"
     datasets_line = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "not recorded"
     body = f"""
 # {model_name}
 
 A {kind}, post-trained with online GRPO against a CLIP steering reward
-([SafeDiffusion-R1](https://arxiv.org/abs/2605.18719)) using
-[trl-safediffusion](https://github.com/trl-safediffusion/trl-safediffusion)'s `{info.trainer}`.
+([SafeDiffusion-R1](https://arxiv.org/abs/2605.18719)) with the `{info.trainer}` of the trl-safediffusion library.
 Unsafe prompts are steered toward a safe version of the same content while safe prompts keep ordinary prompt
 alignment; no safety classifier and no paired data are used.
 
@@ -386,12 +392,11 @@ Training prompts: {datasets_line}.
 
 ## Reward
 
-r(x, p) = cos(E_img(x), normalize(E_txt(p) + alpha * v_safe)), with
-v_safe = normalize(mean E_txt(safe anchors) - mean E_txt(unsafe anchors)).
+{formula}
 
 {_table(reward_rows, ("Setting", "Value")) if reward_rows else "The reward was not described."}
 
-{chr(10).join(anchors)}
+{(chr(10) * 2).join(anchors)}
 
 ## Evaluation
 
