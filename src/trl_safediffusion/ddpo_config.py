@@ -115,6 +115,11 @@ class DDPOConfig:
     negative_prompts: str = field(
         default="", metadata={"help": "Negative prompt used for the unconditional branch of classifier-free guidance."}
     )
+    output_dir: str = field(
+        default="",
+        metadata={"help": "Folder where `save_model()`/`save_pretrained()` write the final model when called without "
+                  "one (default: `<project_dir>/final_model`)."},
+    )
     push_to_hub: bool = field(default=False, metadata={"help": "Push the final model to the Hugging Face Hub."})
     hub_model_id: str | None = field(
         default=None, metadata={"help": "(trl-safediffusion) Repo id to push to (defaults to the exp_name)."}

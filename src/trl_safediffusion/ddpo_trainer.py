@@ -692,26 +692,39 @@ class DDPOTrainer:
             "tags": list(self._tag_names),
         }
 
-    def save_pretrained(self, save_directory: str, fuse_lora: bool = False):
-        """Save the trained model in diffusers format with a model card (main process only)."""
+    def save_pretrained(self, save_directory: str | None = None, fuse_lora: bool = False):
+        """Save the trained model in diffusers format with a model card (main process only).
+
+        Args:
+            save_directory (`str`, *optional*): defaults to `config.output_dir`, else `<project_dir>/final_model`.
+            fuse_lora (`bool`, *optional*, defaults to `False`): with LoRA, save the fused full pipeline instead of the
+                LoRA weights.
+        """
+        save_directory = save_directory or self.config.output_dir or os.path.join(self.project_dir, "final_model")
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             self.sd_pipeline.save_pretrained(save_directory, fuse_lora=fuse_lora)
             from .hub import write_training_model_card
 
-            write_training_model_card(save_directory, self._model_card_info(), lora=self.sd_pipeline.use_lora and not fuse_lora)
+            write_training_model_card(save_directory, self._model_card_info(), lora=self.sd_pipeline.use_lora and not fuse_lora,
+                                      **getattr(self, "_card_overrides", {}))
         self.accelerator.wait_for_everyone()
 
     save_model = save_pretrained
 
     def push_to_hub(self, repo_id: str | None = None, private: bool | None = None, token: str | None = None,
-                    commit_message: str | None = None, revision: str | None = None, fuse_lora: bool = False):
+                    commit_message: str | None = None, revision: str | None = None, fuse_lora: bool = False,
+                    dataset_name: str | None = None, **card_kwargs):
         """Save the model locally (under the project folder) and upload it to `repo_id` (main process only).
 
-        Raises `HubPushError` naming the repo and the cause if the upload fails; the local folder stays complete.
+        `dataset_name` (TRL's keyword) and other `card_kwargs` go into the model card. Raises `HubPushError` naming the
+        repo and the cause if the upload fails; the local folder stays complete.
         """
         repo_id = repo_id or self.config.hub_model_id or self.config.exp_name
         local = os.path.join(self.project_dir, "hub_model")
+        if dataset_name:
+            card_kwargs.setdefault("datasets", [dataset_name])
+        self._card_overrides = {**getattr(self, "_card_overrides", {}), **card_kwargs, "repo_id": repo_id}
         self.save_pretrained(local, fuse_lora=fuse_lora)
         url = None
         if self.accelerator.is_main_process:
