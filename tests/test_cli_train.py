@@ -43,13 +43,13 @@ def test_cli_train_end_to_end_with_steering_reward(tmp_path, tiny_model_dir):
     }))
     out = tmp_path / "out"
     code = main(["train", "--config", str(recipe), "--logdir", str(tmp_path / "logs"), "--output_dir", str(out),
-                 "--lora_rank", "2", "--seed", "1"])
+                 "--lora_rank", "2", "--seed", "1", "--exp_name", "run"])
     assert code == 0
     assert os.path.isfile(out / "pytorch_lora_weights.safetensors")
     saved = yaml.safe_load((out / "train_config.yaml").read_text())
     assert saved["lora_rank"] == 2 and saved["seed"] == 1 and saved["anchors"] == "toy-red"
     assert "hub_token" not in saved
-    grids = os.listdir(out / "samples")
+    grids = os.listdir(tmp_path / "logs" / "run" / "samples")
     assert len(grids) == 1 and grids[0].endswith(".png")
 
 

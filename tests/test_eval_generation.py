@@ -99,6 +99,6 @@ def test_evaluate_writes_results_table_and_grid(pipe, tmp_path, table_format):
     assert os.path.isfile(out / "grid.png") and os.path.isfile(out / table[0]["file"])
     from PIL import Image
 
-    first = torch.from_numpy(__import__("numpy").asarray(Image.open(out / "images" / "000000.png"))).float() / 255
+    first = torch.from_numpy(__import__("numpy").array(Image.open(out / "images" / "000000.png"))).float() / 255
     again = generate_images(pipe, ["a red circle"], seed=11, num_inference_steps=2, guidance_scale=3.0, progress=False)
     assert torch.allclose(first.permute(2, 0, 1), again.images[0], atol=1 / 255 + 1e-6)

@@ -44,7 +44,8 @@ class ModelArguments:
 
     pretrained_model: str = field(
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        metadata={"help": "Hub id or local folder of a diffusers Stable Diffusion pipeline (SD 1.x / 2.x)."},
+        metadata={"help": "Hub id or local folder of a diffusers Stable Diffusion pipeline (SD 1.x / 2.x), or 'toy' for "
+                  "the embedded toy pipeline."},
     )
     pretrained_revision: str = field(default="main", metadata={"help": "Hub revision of pretrained_model."})
     use_lora: bool = field(
@@ -106,12 +107,8 @@ class RewardArguments:
 
 @dataclass
 class OutputArguments:
-    """Where the trained model goes and what is logged."""
+    """How the trained model is saved (where: the config's `output_dir`) and what is logged."""
 
-    output_dir: str = field(
-        default="outputs/safediffusion-r1",
-        metadata={"help": "Folder of the final model (diffusers format, or LoRA weights) and its model card."},
-    )
     fuse_lora: bool = field(
         default=False, metadata={"help": "Save a full pipeline with the LoRA fused into the UNet instead of the adapter."}
     )
@@ -495,11 +492,13 @@ def build_clip_steering_reward(args: RewardArguments, device="cpu"):
     if args.clip_backend == "transformers":
         return CLIPSteeringReward.from_transformers(args.clip_model, device=device, **kwargs)
     try:
-        from .toy.clip import load_toy_clip
+        from .toy.clip import toy_clip_paths
     except ImportError as err:
-        raise CLIError("clip_backend='toy' needs trl_safediffusion.toy.clip.load_toy_clip, which is not available in "
-                       "this installation") from err
-    return CLIPSteeringReward(load_toy_clip(device=device), **kwargs)
+        raise CLIError("clip_backend='toy' needs trl_safediffusion.toy.clip, which is not available in this "
+                       "installation") from err
+    name, config_path, checkpoint = toy_clip_paths()
+    return CLIPSteeringReward.from_open_clip(name, pretrained=checkpoint, model_config=config_path, device=device,
+                                             **kwargs)
 
 
 def build_reward(args: RewardArguments, device="cpu"):
@@ -543,22 +542,29 @@ def run_train(argv: list[str] | None = None) -> str:
     logger.info("training prompts: %d from %s", len(dataset), data_args.dataset)
     state = PartialState()
     reward = build_reward(reward_args, device=state.device)
+    model_path = model_args.pretrained_model
+    if model_path == "toy":
+        from .toy.pipeline import toy_pipeline_path
+
+        model_path = toy_pipeline_path()
     pipeline = DefaultDDPOStableDiffusionPipeline(
-        model_args.pretrained_model, pretrained_model_revision=model_args.pretrained_revision,
+        model_path, pretrained_model_revision=model_args.pretrained_revision,
         use_lora=model_args.use_lora, lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha,
     )
     hook = None
     if out_args.log_images:
-        hook = ImageGridHook(every_n_calls=out_args.log_images_every, label_column=config.label_column,
-                             save_dir=os.path.join(out_args.output_dir, "samples") if state.is_main_process else None)
+        hook = ImageGridHook(every_n_calls=out_args.log_images_every, label_column=config.label_column)
     trainer = SafeDDPOGRPOTrainer(config, reward, pipeline, train_dataset=dataset, image_samples_hook=hook)
+    if hook is not None and state.is_main_process:
+        hook.save_dir = os.path.join(trainer.project_dir, "samples")
     trainer.train()
-    trainer.save_pretrained(out_args.output_dir, fuse_lora=out_args.fuse_lora)
+    output_dir = config.output_dir or os.path.join(trainer.project_dir, "final_model")
+    trainer.save_pretrained(output_dir, fuse_lora=out_args.fuse_lora)
     if state.is_main_process:
-        _save_resolved_config(os.path.join(out_args.output_dir, "train_config.yaml"),
+        _save_resolved_config(os.path.join(output_dir, "train_config.yaml"),
                               (config, model_args, data_args, reward_args, out_args))
-        logger.info("model saved to %s", out_args.output_dir)
-    return out_args.output_dir
+        logger.info("model saved to %s", output_dir)
+    return output_dir
 
 
 def _torch_dtype(name: str, device: str):

@@ -68,7 +68,7 @@ def load_pipeline(model: str, lora: str | None = None, device: str | None = None
         except ImportError as err:
             raise ImportError("model='toy' needs trl_safediffusion.toy.pipeline.load_toy_pipeline, which is not "
                               "available in this installation") from err
-        pipe = load_toy_pipeline()
+        pipe = load_toy_pipeline(device=device, dtype=torch_dtype or torch.float32)
     else:
         from diffusers import DiffusionPipeline
 
