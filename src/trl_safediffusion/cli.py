@@ -657,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         COMMANDS[command](rest)
-    except CLIError as err:
+    except (CLIError, FileNotFoundError, ImportError) as err:
         print(f"{PROG} {command}: error: {err}", file=sys.stderr)
         return 2
     return 0
