@@ -579,7 +579,10 @@ class CLIPSteeringReward:
         )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
         logger.info("Loaded open_clip %s (pretrained=%s) for the steering reward", model_name, pretrained)
-        return cls(OpenCLIPBackend(model, tokenizer, preprocess), **reward_kwargs)
+        backend = OpenCLIPBackend(model, tokenizer, preprocess)
+        backend.source = {"backend": "open_clip", "model": model_name,
+                          "pretrained": os.path.basename(pretrained) if pretrained else None}
+        return cls(backend, **reward_kwargs)
 
     @classmethod
     def from_transformers(
@@ -599,7 +602,23 @@ class CLIPSteeringReward:
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
         processor = CLIPImageProcessor.from_pretrained(name_or_path)
         logger.info("Loaded transformers CLIPModel %s for the steering reward", name_or_path)
-        return cls(TransformersCLIPBackend(model, tokenizer, processor), **reward_kwargs)
+        backend = TransformersCLIPBackend(model, tokenizer, processor)
+        backend.source = {"backend": "transformers", "model": name_or_path}
+        return cls(backend, **reward_kwargs)
+
+    def describe(self) -> dict:
+        """What a model card or log needs to reproduce this reward: backend, model, anchors, alpha, steering mode."""
+        source = getattr(self.backend, "source", None) or {"backend": type(self.backend).__name__}
+        return {
+            "name": self.name,
+            "type": "CLIPSteeringReward",
+            **source,
+            "alpha": self.alpha,
+            "mode": self.mode,
+            "steer_prompts": self.steer_prompts,
+            "safety_threshold": self.safety_threshold if self.steer_prompts != "all" else None,
+            "anchors": {"name": self.anchors.name, "safe": list(self.anchors.safe), "unsafe": list(self.anchors.unsafe)},
+        }
 
     # embeddings -------------------------------------------------------------------------------------------------------
 

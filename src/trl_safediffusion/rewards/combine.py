@@ -114,6 +114,14 @@ class CombinedReward:
         self.weights = [float(w) for w in weights]
         self.names = list(names)
 
+    def describe(self) -> dict:
+        """Each component's description (its `describe()` when it has one) with its weight."""
+        parts = []
+        for name, fn, weight in zip(self.names, self.rewards, self.weights):
+            describe = getattr(fn, "describe", None)
+            parts.append({"name": name, "weight": weight, **(describe() if callable(describe) else {})})
+        return {"type": "CombinedReward", "components": parts}
+
     def __call__(self, images, prompts, prompt_metadata=None) -> tuple[torch.Tensor, dict[str, Any]]:
         batch_size = len(prompts)
         components: dict[str, torch.Tensor] = {}
