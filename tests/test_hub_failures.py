@@ -166,3 +166,12 @@ def test_scrub_tokens():
               "note": "pushed with hf_anotherSecret999999", "pad_token": "<pad>", "runs": [{"hf_token": "t"}]}
     assert scrub_tokens(config) == {"lr": 1e-5, "tracker_kwargs": {"project": "p"}, "note": "pushed with <redacted>",
                                     "pad_token": "<pad>", "runs": [{}]}
+
+
+def test_push_to_a_branch_and_to_the_token_users_namespace(fake_hub, tmp_path):  # noqa: F811
+    folder = _model_dir(tmp_path)
+    url = push_folder_to_hub(folder, "bare-name", revision="dev", commit_message="to dev")
+    repo = fake_hub.repo("tester/bare-name")  # a bare name goes under the token's user, as on the Hub
+    assert "tester/bare-name" in url
+    assert "pytorch_lora_weights.safetensors" in repo.files("dev")
+    assert "pytorch_lora_weights.safetensors" not in repo.files("main")
