@@ -170,11 +170,15 @@ class DDPOTrainer:
         self.project_dir = os.path.abspath(project_dir)
         self.checkpoint_dir = os.path.join(self.project_dir, "checkpoints")
 
+        accelerator_kwargs = dict(config.accelerator_kwargs)
+        if "cpu" not in accelerator_kwargs and _cpu_only_multiprocess():
+            # accelerate runs torchrun-launched CPU ranks as independent single processes unless told cpu=True
+            accelerator_kwargs["cpu"] = True
         self.accelerator = Accelerator(
             log_with=config.log_with,
             mixed_precision=config.mixed_precision,
             project_config=ProjectConfiguration(project_dir=self.project_dir, **project_kwargs),
-            **config.accelerator_kwargs,
+            **accelerator_kwargs,
         )
         self._check_output_dir_writable()
         if self.accelerator.is_main_process and config.log_with is not None:
@@ -606,7 +610,10 @@ class DDPOTrainer:
         self.accelerator.wait_for_everyone()
         if self.config.push_to_hub:
             self._push_final()
-        self.accelerator.end_training()
+        # Flush the trackers but keep the process group: save_pretrained/push_to_hub may follow on every rank
+        # (accelerate's end_training would destroy it).
+        for tracker in self.accelerator.trackers:
+            tracker.finish()
         return global_step
 
     # ================================================================== checkpoints
@@ -764,6 +771,13 @@ class DDPOTrainer:
         write_training_model_card(model_dir, self._model_card_info(), lora=self.sd_pipeline.use_lora)
         self._hub_pusher.on_save(model_dir, checkpoint_dir=path if self.config.hub_strategy == "checkpoint" else None,
                                  epoch=epoch)
+
+
+def _cpu_only_multiprocess() -> bool:
+    """True when launched as several processes (torchrun, accelerate, MPI) on a machine without a GPU/XPU."""
+    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return world > 1 and not torch.cuda.is_available() and not has_xpu
 
 
 @contextlib.contextmanager
