@@ -134,6 +134,16 @@ class DDPOConfig:
             "checkpoint; 'checkpoint': also push the full training state so a run can resume elsewhere."
         },
     )
+    push_samples_every: int = field(
+        default=0,
+        metadata={
+            "help": "(trl-safediffusion) Every this many epochs, publish the main process's sampled images with "
+            "prompts, labels and rewards as a Hub dataset (0: never)."
+        },
+    )
+    samples_dataset_id: str | None = field(
+        default=None, metadata={"help": "(trl-safediffusion) Dataset repo for push_samples_every (default: <hub_model_id>-samples)."}
+    )
     hub_token: str | None = field(
         default=None, metadata={"help": "(trl-safediffusion) Hub token (never written to disk or logs)."}
     )
@@ -200,6 +210,8 @@ class DDPOConfig:
                 f"a multiple of train_batch_size * train_gradient_accumulation_steps ({per_step}); adjust "
                 "train_batch_size or train_gradient_accumulation_steps"
             )
+        if isinstance(self.push_samples_every, bool) or not isinstance(self.push_samples_every, int) or self.push_samples_every < 0:
+            raise ValueError(f"push_samples_every must be an integer >= 0, got {self.push_samples_every!r}")
         if self.hub_strategy not in ("end", "every_save", "checkpoint"):
             raise ValueError(f"hub_strategy must be 'end', 'every_save' or 'checkpoint', got {self.hub_strategy!r}")
         if self.train_use_8bit_adam:

@@ -157,6 +157,10 @@ class DDPOTrainer:
         self.config = config
         self.reward_fn = reward_function
         self.sd_pipeline = sd_pipeline
+        if image_samples_hook is None and config.log_with is not None:
+            from .hooks import image_grid_hook
+
+            image_samples_hook = image_grid_hook()  # a captioned grid of samples with their rewards
         self.image_samples_callback = image_samples_hook
         self.log_history: list[dict] = []
 
@@ -550,7 +554,8 @@ class DDPOTrainer:
         samples["advantages"] = torch.as_tensor(
             advantages[start : start + n_local], dtype=torch.float32, device=self.accelerator.device
         )
-        self._last_epoch_samples = {"prompts": plan.prompts, "metadata": plan.metadata, "rewards": local_rewards}
+        if self.config.push_samples_every and epoch % self.config.push_samples_every == 0:
+            self._push_samples(epoch, prompt_image_data, plan)
         global_step = self._train_on_samples(samples, epoch, global_step)
         if self.config.save_freq and (epoch + 1) % self.config.save_freq == 0:
             self.save_checkpoint(epoch, global_step)
@@ -748,6 +753,34 @@ class DDPOTrainer:
         self.accelerator.wait_for_everyone()
         return url
 
+    def _push_samples(self, epoch: int, prompt_image_data, plan):
+        """Publish this epoch's samples of the main process as a Hub dataset; a failure warns, training goes on."""
+        if not self.accelerator.is_main_process:
+            return
+        from .hub import HubPushError, push_samples_dataset, samples_to_dataset
+
+        images = torch.cat([d[0] for d in prompt_image_data]).float().cpu()
+        rewards = torch.cat([d[3] for d in prompt_image_data]).float().cpu()
+        label = getattr(self.config, "label_column", None)
+        labels = None
+        if label and plan.metadata and isinstance(plan.metadata[0], dict) and label in plan.metadata[0]:
+            labels = [str(m[label]) for m in plan.metadata]
+        components = {}
+        for d in prompt_image_data:
+            comps = d[4].get("components") if isinstance(d[4], dict) else None
+            for name, values in (comps or {}).items():
+                components.setdefault(name, []).append(torch.as_tensor(values).float().cpu().reshape(-1))
+        components = {k: torch.cat(v) for k, v in components.items() if sum(len(x) for x in v) == len(images)}
+        dataset = samples_to_dataset(images, list(plan.prompts), labels=labels, rewards=rewards,
+                                     reward_components=components or None, epoch=epoch, seed=self.config.seed)
+        repo_id = self.config.samples_dataset_id or f"{self.config.hub_model_id or self.config.exp_name}-samples"
+        try:
+            push_samples_dataset(dataset, repo_id, local_dir=os.path.join(self.project_dir, "samples_dataset"),
+                                 token=self.config.hub_token, private=self.config.hub_private_repo,
+                                 model_repo_id=self.config.hub_model_id)
+        except HubPushError as err:
+            logger.warning("%s (samples of epoch %d are kept locally)", err, epoch)
+
     def _push_final(self):
         self.push_to_hub(self.config.hub_model_id)
 
@@ -763,6 +796,7 @@ class DDPOTrainer:
                 token=self.config.hub_token,
                 private=self.config.hub_private_repo,
                 is_main_process=True,
+                checkpoint_limit=self.config.num_checkpoint_limit,
             )
         model_dir = os.path.join(self.project_dir, "hub_model")
         self.sd_pipeline.save_pretrained(model_dir)
