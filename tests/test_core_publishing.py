@@ -5,7 +5,12 @@ from datasets import Dataset, load_dataset
 from huggingface_hub import ModelCard
 
 from conftest_hub import FAKE_TOKEN, fake_hub  # noqa: F401
-from trl_safediffusion import CombinedReward, DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
+from trl_safediffusion import (
+    CombinedReward,
+    DefaultDDPOStableDiffusionPipeline,
+    SafeDDPOGRPOConfig,
+    SafeDDPOGRPOTrainer,
+)
 from trl_safediffusion.tiny import tiny_sd_pipeline
 
 

@@ -3,13 +3,17 @@
 import os
 import stat
 
-
 import pytest
 import torch
 from datasets import Dataset
 
 from conftest import brightness_reward
-from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, RewardFunctionError, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
+from trl_safediffusion import (
+    DefaultDDPOStableDiffusionPipeline,
+    RewardFunctionError,
+    SafeDDPOGRPOConfig,
+    SafeDDPOGRPOTrainer,
+)
 from trl_safediffusion.ddpo_trainer import list_checkpoints, resolve_checkpoint
 from trl_safediffusion.tiny import tiny_sd_pipeline
 
