@@ -561,7 +561,8 @@ class DDPOTrainer:
             self.save_checkpoint(epoch, global_step)
         return global_step
 
-    def _log_rewards(self, epoch, global_step, rewards, prompts, metadata, reward_results, advantages):
+    def _reward_log(self, epoch: int, rewards: np.ndarray, reward_results) -> tuple[dict, dict]:
+        """The reward statistics every trainer logs, and the gathered per-component rewards."""
         finite = np.isfinite(rewards)
         r = rewards[finite]
         log = {
@@ -575,6 +576,10 @@ class DDPOTrainer:
             fin = values[np.isfinite(values)]
             log[f"reward/{name}_mean"] = float(fin.mean()) if fin.size else float("nan")
         self._last_components = components
+        return log, components
+
+    def _log_rewards(self, epoch, global_step, rewards, prompts, metadata, reward_results, advantages):
+        log, _ = self._reward_log(epoch, rewards, reward_results)
         self._log(log, step=global_step)
 
     def _gather_components(self, reward_results) -> dict[str, np.ndarray]:

@@ -204,34 +204,19 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         return adv
 
     def _log_rewards(self, epoch, global_step, rewards, prompts, metadata, reward_results, advantages):
-        finite = np.isfinite(rewards)
-        r = rewards[finite]
-        log = {
-            "epoch": epoch,
-            "reward_mean": float(r.mean()) if r.size else float("nan"),
-            "reward_std": float(r.std()) if r.size else float("nan"),
-            "reward_nonfinite": int((~finite).sum()),
-            "frac_reward_zero_std": self._group_stats["zero_std_fraction"],
-        }
+        log, components = self._reward_log(epoch, rewards, reward_results)
+        log["frac_reward_zero_std"] = self._group_stats["zero_std_fraction"]
         label = self.config.label_column
-        components = self._gather_components(reward_results)
-        self._last_components = components
-        labels = None
         if metadata and isinstance(metadata[0], dict) and label in metadata[0]:
             labels = np.asarray([str(m.get(label)).lower() for m in metadata])
+            series = {"": rewards, **{f"{name}/": values for name, values in components.items()}}
             for value in sorted(set(labels.tolist())):
-                mask = (labels == value) & finite
-                if mask.any():
-                    log[f"reward/{label}={value}/mean"] = float(rewards[mask].mean())
-                    log[f"reward/{label}={value}/std"] = float(rewards[mask].std())
-        for name, values in components.items():
-            fin = np.isfinite(values)
-            log[f"reward/{name}_mean"] = float(values[fin].mean()) if fin.any() else float("nan")
-            if labels is not None:
-                for value in sorted(set(labels.tolist())):
-                    mask = (labels == value) & fin
+                for prefix, values in series.items():
+                    mask = (labels == value) & np.isfinite(values)
                     if mask.any():
-                        log[f"reward/{name}/{label}={value}/mean"] = float(values[mask].mean())
+                        log[f"reward/{prefix}{label}={value}/mean"] = float(values[mask].mean())
+                        if not prefix:
+                            log[f"reward/{label}={value}/std"] = float(values[mask].std())
         self._log(log, step=global_step)
 
     def _model_card_info(self) -> dict:

@@ -539,19 +539,9 @@ def save_pipeline_for_hub(pipeline, folder: str, *, lora: bool, fuse: bool = Fal
 
 def _save_fused_pipeline(pipeline, folder: str) -> None:
     """Merge the UNet's LoRA adapters into a plain UNet copy and save the full pipeline with it."""
-    import copy
+    from .pipelines.stable_diffusion import fuse_lora_unet
 
-    from diffusers import UNet2DConditionModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    fused = copy.deepcopy(pipeline.unet)
-    for module in fused.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge(safe_merge=True)
-    state = {k.replace(".base_layer", ""): v for k, v in fused.state_dict().items() if "lora_" not in k}
-    plain = UNet2DConditionModel.from_config(pipeline.unet.config)
-    plain.load_state_dict(state)
-    plain.to(pipeline.unet.dtype)
+    plain = fuse_lora_unet(pipeline.unet)
     components = dict(pipeline.components)
     components["unet"] = plain
     type(pipeline)(**components).save_pretrained(folder, safe_serialization=True)

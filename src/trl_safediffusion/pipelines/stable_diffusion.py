@@ -56,6 +56,23 @@ def _module_dtype(module) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else next(inner.parameters()).dtype
 
 
+def fuse_lora_unet(unet):
+    """A plain `UNet2DConditionModel` (no peft layers) whose weights are `unet`'s with its LoRA adapters merged."""
+    import copy
+
+    from diffusers import UNet2DConditionModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    fused = copy.deepcopy(unet)
+    for module in fused.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge(safe_merge=True)
+    state = {k.replace(".base_layer", ""): v for k, v in fused.state_dict().items() if "lora_" not in k}
+    plain = UNet2DConditionModel.from_config(unet.config)
+    plain.load_state_dict(state)
+    return plain.to(unet.dtype)
+
+
 class DDPOStableDiffusionPipeline:
     """Interface the DDPO/GRPO trainers use. Subclass it to train another diffusion model."""
 
@@ -466,19 +483,9 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         if not fuse_lora:
             self.save_lora(output_dir)
             return
-        import copy
+        from diffusers import StableDiffusionPipeline
 
-        from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        fused_unet = copy.deepcopy(self.unet)
-        for module in fused_unet.modules():
-            if isinstance(module, BaseTunerLayer):
-                module.merge(safe_merge=True)
-        state = {k.replace(".base_layer", ""): v for k, v in fused_unet.state_dict().items() if "lora_" not in k}
-        clean = UNet2DConditionModel.from_config(self.unet.config)
-        clean.load_state_dict(state)
-        clean.to(self.unet.dtype)
+        clean = fuse_lora_unet(self.unet)
         StableDiffusionPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
