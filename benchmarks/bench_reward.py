@@ -8,6 +8,10 @@ both sides resize and centre-crop.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reward.py                 # ViT-B/16-shaped (196 tokens)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reward.py --patch-size 32 # ViT-B/32-shaped (49 tokens)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_reward.py --toy           # the toy CLIP the demo trains with
+
+With `--toy`, both sides score 32x32 toy-world images with the shipped toy CLIP (or `--toy-folder`), the CPU setting in
+which this library's demo actually runs the reward.
 """
 
 from __future__ import annotations
@@ -68,16 +72,34 @@ def main():
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--patch-size", type=int, default=16, help="16: ViT-B/16-shaped (196 tokens), 32: B/32 (49)")
+    parser.add_argument("--toy", action="store_true", help="the toy CLIP on 32x32 toy-world images")
+    parser.add_argument("--toy-folder", default=None, help="a toy CLIP folder from train_clip (default: shipped)")
     args = parser.parse_args()
     config = dict(BENCH_CONFIG, patch_size=args.patch_size)
 
-    model, tokenizer, preprocess = tiny_open_clip(seed=0, name="tiny-clip-bench", **config)
+    gen = torch.Generator().manual_seed(0)
+    if args.toy:
+        import numpy as np
+
+        from trl_safediffusion.toy import load_toy_clip
+        from trl_safediffusion.toy.world import draw, prompt_sets, spec_from_row
+
+        model, preprocess, tokenizer = load_toy_clip(folder=args.toy_folder)
+        rows = prompt_sets()["train"]
+        rng = np.random.default_rng(0)
+        picked = [rows[i % len(rows)] for i in range(0, 4 * 7, 7)]
+        prompts = [picked[i % 4]["prompt"] for i in range(args.batch_size)]
+        drawn = [draw(spec_from_row(picked[i % 4]), rng) for i in range(args.batch_size)]
+        images = torch.from_numpy(np.stack(drawn)).permute(0, 3, 1, 2).float() / 255.0
+        config = {"model": "toy-clip (shipped)" if args.toy_folder is None else args.toy_folder}
+        args.image_size = images.shape[-1]
+    else:
+        model, tokenizer, preprocess = tiny_open_clip(seed=0, name="tiny-clip-bench", **config)
+        images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
+        # GRPO batches repeat each prompt over its group: 4 prompts x 8 images
+        prompts = [f"a photo of subject number {i % 4}" for i in range(args.batch_size)]
     reward = CLIPSteeringReward(OpenCLIPBackend(model, tokenizer, preprocess), anchors="nudity-compact", alpha=0.5)
     n_params = sum(p.numel() for p in model.parameters())
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
-    # GRPO batches repeat each prompt over its group: 4 prompts x 8 images
-    prompts = [f"a photo of subject number {i % 4}" for i in range(args.batch_size)]
 
     with tempfile.TemporaryDirectory() as folder:
         ref_s, ref_rewards = timed(
@@ -95,7 +117,7 @@ def main():
     b = args.batch_size
     print(f"device: cpu ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
-    print(f"model: open_clip tiny-clip-bench {config}, {n_params / 1e6:.1f}M parameters, random weights")
+    print(f"model: open_clip {config}, {n_params / 1e6:.1f}M parameters, {'trained weights' if args.toy else 'random weights'}")
     print(f"images: batch {b} of {args.image_size}x{args.image_size}, 4 distinct prompts; mean of {args.repeats} runs")
     print(f"reference (one at a time, PIL + JPEG file + PIL transform): {b / ref_s:8.1f} images/s")
     print(f"CLIPSteeringReward batch {b}, prompt cache cold:            {b / cold_s:8.1f} images/s "
