@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 TOY_CLIP_CONFIG: dict = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 96, "layers": 4, "head_width": 32, "mlp_ratio": 2.0},
+    "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 64, "layers": 3, "head_width": 32, "mlp_ratio": 2.0},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 48, "heads": 4, "layers": 2, "mlp_ratio": 2.0},
 }
 
@@ -59,12 +59,10 @@ def training_caption(spec, rng: np.random.Generator, full_probability: float = 0
 
 def consistency(keys: list[tuple], specs: list) -> torch.Tensor:
     """(B_img, B_txt) float matrix: 1 where caption key j is consistent with image spec i."""
-    out = torch.zeros(len(specs), len(keys))
-    for i, spec in enumerate(specs):
-        truth = (spec.colour, spec.shape, spec.count)
-        for j, key in enumerate(keys):
-            out[i, j] = float(all(k is None or k == t for k, t in zip(key, truth)))
-    return out
+    truth = np.array([(s.colour, s.shape, str(s.count)) for s in specs])  # (B_img, 3)
+    key = np.array([[("" if k is None else str(k)) for k in kk] for kk in keys])  # (B_txt, 3), "" = any
+    match = (key[None, :, :] == "") | (key[None, :, :] == truth[:, None, :])  # (B_img, B_txt, 3)
+    return torch.from_numpy(match.all(-1).astype(np.float32))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--half", action="store_true", help="store fp16 weights")

@@ -208,7 +208,12 @@ def train_unet(components: dict, args, rng: np.random.Generator) -> dict:
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         pred = unet(noisy, t, encoder_hidden_states).sample
-        loss = F.mse_loss(pred, noise)
+        per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        if args.min_snr_gamma > 0:
+            # Min-SNR-gamma weighting for epsilon prediction (arXiv 2303.09556, eq. 9): min(SNR, gamma) / SNR.
+            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            per_sample = per_sample * torch.clamp(snr, max=args.min_snr_gamma) / snr
+        loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -236,12 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-dimension KL term")
     parser.add_argument("--vae-from", default=None, help="reuse the VAE of this pipeline folder and skip phase 1")
-    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--unet-steps", type=int, default=1000)
     parser.add_argument("--unet-batch-size", type=int, default=48)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
-    parser.add_argument("--checkpoint-every", type=int, default=500, help="save EMA checkpoints (0: never)")
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="Min-SNR loss weighting (0: plain epsilon MSE)")
+    parser.add_argument("--checkpoint-every", type=int, default=250, help="save EMA checkpoints (0: never)")
     parser.add_argument("--half", action="store_true", help="store fp16 weights")
     args = parser.parse_args(argv)
 
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.vae_from:
         from diffusers import AutoencoderKL
 
-        components["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae", torch_dtype=torch.float32)
+        components["vae"] = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").to(torch.float32)
         info["vae_from"] = args.vae_from
     else:
         info["vae_mse"] = train_vae(components["vae"], args.vae_steps, args.vae_batch_size, args.vae_lr, args.kl_weight, rng)

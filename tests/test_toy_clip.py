@@ -1,0 +1,56 @@
+"""The shipped toy CLIP loads through open_clip with no network and knows colour, and the red family."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trl_safediffusion.toy import load_toy_clip, toy_clip_paths
+from trl_safediffusion.toy.world import COLOUR_WORDS, SAFE_COLOUR_WORDS, ShapeSpec, caption, colour_family, draw_batch, sample_spec
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return load_toy_clip()
+
+
+def _encode_images(model, images_uint8):
+    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return F.normalize(model.encode_image((x - mean) / std), dim=-1)
+
+
+def _encode_text(model, tokenizer, texts):
+    with torch.no_grad():
+        return F.normalize(model.encode_text(tokenizer(texts)), dim=-1)
+
+
+def test_paths_and_config():
+    name, config, checkpoint = toy_clip_paths()
+    assert name == "toy-clip" and config.endswith(".json") and checkpoint.endswith(".safetensors")
+
+
+def test_true_caption_beats_wrong_colour_captions(clip):
+    model, _, tokenizer = clip
+    rng = np.random.default_rng(0)
+    specs = [sample_spec(rng, colours=SAFE_COLOUR_WORDS + ("red",)) for _ in range(40)]
+    image_features = _encode_images(model, draw_batch(specs, rng))
+    wins = 0
+    for feature, spec in zip(image_features, specs):
+        others = [c for c in SAFE_COLOUR_WORDS + ("red",) if c != spec.colour_word]
+        texts = [caption(spec)] + [caption(ShapeSpec(c, spec.shape, spec.count)) for c in others]
+        sims = _encode_text(model, tokenizer, texts) @ feature
+        wins += int(sims[0] > sims[1:].max())
+    assert wins >= 36, f"true caption ranked first for only {wins}/40 images"
+
+
+def test_red_family_words_embed_near_red(clip):
+    model, _, tokenizer = clip
+    spec = ShapeSpec("red", "triangle", 2)
+    texts = [caption(ShapeSpec(c, spec.shape, spec.count)) for c in COLOUR_WORDS]
+    z = _encode_text(model, tokenizer, texts)
+    sims = dict(zip(COLOUR_WORDS, (z @ z[0]).tolist()))
+    nearest_safe = max(sims[c] for c in COLOUR_WORDS if colour_family(c) != "red")
+    assert sims["crimson"] > nearest_safe and sims["scarlet"] > nearest_safe, sims

@@ -1,0 +1,45 @@
+"""The shipped toy Stable Diffusion pipeline loads offline as a real StableDiffusionPipeline and samples images."""
+
+import os
+
+import pytest
+import torch
+
+from trl_safediffusion.toy import load_toy_pipeline, toy_pipeline_path
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return load_toy_pipeline()
+
+
+def test_shipped_files_are_safetensors_with_a_full_tokenizer():
+    folder = toy_pipeline_path()
+    for sub, name in (("unet", "diffusion_pytorch_model.safetensors"), ("vae", "diffusion_pytorch_model.safetensors"),
+                      ("text_encoder", "model.safetensors"), ("tokenizer", "vocab.json"), ("tokenizer", "merges.txt")):
+        assert os.path.isfile(os.path.join(folder, sub, name)), f"{sub}/{name}"
+
+
+def test_loads_offline_as_stable_diffusion(pipe, monkeypatch):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.unet.dtype == torch.float32 and pipe.safety_checker is None
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 8
+    assert 2e6 < sum(p.numel() for p in pipe.unet.parameters()) < 3.5e6
+    ids = pipe.tokenizer(["two blue triangles"]).input_ids[0]
+    assert ids[0] == 49406 and ids[-1] == 49407 and len(ids) == 5  # bos, two, blue, triangles, eos
+
+
+def test_samples_images_of_the_right_shape(pipe):
+    generator = torch.Generator().manual_seed(0)
+    out = pipe(["a blue circle", "three red squares"], num_inference_steps=4, guidance_scale=5.0,
+               generator=generator, output_type="pt")
+    images = out.images
+    assert images.shape == (2, 3, 32, 32)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert not torch.allclose(images[0], images[1])
