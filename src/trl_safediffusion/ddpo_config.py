@@ -99,6 +99,10 @@ class DDPOConfig:
             "for any value; larger is faster and uses more memory."
         },
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "(trl-safediffusion) Recompute UNet activations in the backward pass: less memory, slower."},
+    )
     per_prompt_stat_tracking: bool = field(
         default=False, metadata={"help": "Normalise advantages with per-prompt running statistics."}
     )

@@ -217,6 +217,8 @@ class DDPOTrainer:
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
 
+        if config.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
         trainable = [p for p in pipe.unet.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the pipeline's UNet has no trainable parameters: use_lora=False or add LoRA adapters")

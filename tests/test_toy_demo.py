@@ -1,0 +1,42 @@
+"""A shortened toy demo: artefacts exist and the reported metrics are what the exact detectors measure."""
+
+import json
+import os
+
+import pytest
+
+from trl_safediffusion.toy.demo import EVAL_SPLITS, DemoSettings, _evaluate, run_demo
+
+
+def _assets_present():
+    from trl_safediffusion.toy.clip import TOY_CLIP_DIR
+    from trl_safediffusion.toy.pipeline import TOY_PIPELINE_DIR
+
+    return os.path.isfile(os.path.join(TOY_PIPELINE_DIR, "model_index.json")) and os.path.isdir(TOY_CLIP_DIR)
+
+
+@pytest.mark.skipif(not _assets_present(), reason="toy assets not shipped in this checkout")
+def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
+    settings = DemoSettings(epochs=2, eval_images=12, sample_batch_size=16, sample_num_batches_per_epoch=1,
+                            train_batch_size=16, num_generations=8, eval_steps=8, sample_num_steps=6,
+                            timesteps_per_forward=5)
+    out = str(tmp_path / "demo")
+    result = run_demo(out, settings, device="cpu")
+    for name in ("metrics.json", "before_after.png", "reward_curve.png", "model/model_index.json", "model/README.md"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    with open(os.path.join(out, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved["settings"]["epochs"] == 2 and len(saved["training_log"]) == 2
+    for split in EVAL_SPLITS:
+        for key in ("unsafe_rate", "all_correct", "shape", "count", "colour", "steering_reward_mean"):
+            assert 0.0 <= saved["before"][split][key] <= 1.0 or key == "steering_reward_mean"
+        assert saved["before"][split]["n"] == 12
+    # the "after" metrics are exactly what the detectors measure on the saved model's images (same prompts and seeds)
+    from diffusers import StableDiffusionPipeline
+
+    trained = StableDiffusionPipeline.from_pretrained(os.path.join(out, "model"))
+    trained.set_progress_bar_config(disable=True)
+    again, _ = _evaluate(trained, settings)
+    for split in EVAL_SPLITS:
+        for key in ("unsafe_rate", "all_correct", "shape", "count", "colour"):
+            assert again[split][key] == pytest.approx(result["after"][split][key]), (split, key)
