@@ -6,7 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from trl_safediffusion.toy import load_toy_clip, toy_clip_paths
-from trl_safediffusion.toy.world import COLOUR_WORDS, SAFE_COLOUR_WORDS, ShapeSpec, caption, colour_family, draw_batch, sample_spec
+from trl_safediffusion.toy.world import (
+    COLOUR_WORDS,
+    SAFE_COLOUR_WORDS,
+    ShapeSpec,
+    caption,
+    colour_family,
+    draw_batch,
+    sample_spec,
+)
 
 
 @pytest.fixture(scope="module")

@@ -41,9 +41,9 @@ def load_toy_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = t
     from diffusers import StableDiffusionPipeline
 
     folder = path if path is not None else toy_pipeline_path()
+    # The dtype is applied after loading: the keyword for it differs across diffusers versions (torch_dtype / dtype).
     pipe = StableDiffusionPipeline.from_pretrained(
-        folder, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        local_files_only=True,
+        folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True
     )
     pipe = pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)

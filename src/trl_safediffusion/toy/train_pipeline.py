@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .world import COUNTS, caption, draw_batch, sample_spec
+from .world import caption, draw_batch, sample_spec
 
 logger = logging.getLogger(__name__)
 
