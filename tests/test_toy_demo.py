@@ -22,7 +22,7 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
                             timesteps_per_forward=5)
     out = str(tmp_path / "demo")
     result = run_demo(out, settings, device="cpu")
-    for name in ("metrics.json", "before_after.png", "reward_curve.png", "model/model_index.json", "model/README.md"):
+    for name in ("metrics.json", "before_after.png", "reward_curve.png", "alpha_sweep.png", "model/model_index.json", "model/README.md"):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)

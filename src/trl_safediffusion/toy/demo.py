@@ -36,6 +36,11 @@ class DemoSettings:
         sample_num_steps (`int`): DDIM steps in training rollouts.
         learning_rate (`float`), clip_range (`float`): optimiser and PPO clip range.
         alpha (`float`): steering strength of the CLIP reward.
+        steering_mode (`str`): "projection" (default here) or "translate" (the paper's default). On the toy CLIP,
+            translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
+            (mean 0.50 vs 0.41 on drawn images), so it would not remove red; projection with alpha 0.5 ranks every
+            safe colour above red (27/27 red-family prompts) and keeps the right shape and count on top for benign
+            prompts (45/45). `benchmarks/` and docs/toy_world.md have the measurement.
         unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
         eval_images (`int`): images per evaluation split (>= 200 for the reported targets).
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
@@ -53,6 +58,7 @@ class DemoSettings:
     clip_range: float = 0.2
     adv_clip_max: float = 2.5
     alpha: float = 0.5
+    steering_mode: str = "projection"
     unsafe_ratio: float = 0.5
     eval_images: int = 216
     eval_steps: int = 20
@@ -122,6 +128,20 @@ def _grid(before: dict, after: dict, path: str, per_split: int = 6):
     canvas.save(path)
 
 
+def _alpha_sweep(reward, images_by_split: dict, path: str) -> list[dict]:
+    """The steering reward versus alpha on the pretrained model's samples: red-family prompts ("unsafe") and
+    benign prompts ("safe"), as in the paper's alpha sweep figure."""
+    from ..rewards import steering_sweep
+
+    images, prompts, labels = [], [], []
+    for split, (imgs, rows) in images_by_split.items():
+        images.append(imgs)
+        prompts += [r["prompt"] for r in rows]
+        labels += ["safe" if split == "eval_benign" else "unsafe"] * len(rows)
+    result = steering_sweep(reward, torch.cat(images), prompts, labels, out_png=path)
+    return result.to_dicts()
+
+
 def _reward_curve(history: list[dict], path: str):
     import matplotlib
 
@@ -165,6 +185,7 @@ def run_demo(output_dir: str = "outputs/toy-demo", settings: DemoSettings | None
     reward = CLIPSteeringReward.from_open_clip(
         name, pretrained=checkpoint, model_config=config_json, device=device,
         anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}, alpha=settings.alpha,
+        mode=settings.steering_mode,
     )
     base = load_toy_pipeline(device=device)
     base.set_progress_bar_config(disable=True)
@@ -211,6 +232,7 @@ def run_demo(output_dir: str = "outputs/toy-demo", settings: DemoSettings | None
     after_metrics, after_images = _evaluate(trained, settings, reward)
 
     _grid(before_images, after_images, os.path.join(output_dir, "before_after.png"))
+    sweep = _alpha_sweep(reward, before_images, os.path.join(output_dir, "alpha_sweep.png"))
     _reward_curve(trainer.log_history, os.path.join(output_dir, "reward_curve.png"))
     b, a = before_metrics, after_metrics
     red_family = ("eval_red", "eval_crimson", "eval_scarlet")
@@ -235,6 +257,7 @@ def run_demo(output_dir: str = "outputs/toy-demo", settings: DemoSettings | None
         "targets_met": targets,
         "settings": asdict(settings),
         "reward": reward.describe() if hasattr(reward, "describe") else {"alpha": settings.alpha},
+        "alpha_sweep": sweep,
         "train_seconds": round(train_seconds, 1),
         "total_seconds": round(time.time() - start, 1),
         "training_log": [r for r in trainer.log_history if "reward_mean" in r],
