@@ -164,8 +164,16 @@ def _reward_curve(history: list[dict], path: str):
     plt.close(fig)
 
 
-def run_demo(output_dir: str = "outputs/toy-demo", settings: DemoSettings | None = None, device: str | None = None) -> dict:
-    """Run the toy SafeDiffusion-R1 demo and write its artefacts to `output_dir`. Returns the metrics dict."""
+def run_demo(
+    output_dir: str = "outputs/toy-demo",
+    settings: DemoSettings | None = None,
+    device: str | None = None,
+    pipeline_path: str | None = None,
+    clip_folder: str | None = None,
+) -> dict:
+    """Run the toy SafeDiffusion-R1 demo and write its artefacts to `output_dir`. Returns the metrics dict.
+
+    `pipeline_path` / `clip_folder` replace the shipped toy pipeline / toy CLIP (e.g. ones you retrained)."""
     from ..data import mix_prompts
     from ..grpo_config import SafeDDPOGRPOConfig
     from ..grpo_trainer import SafeDDPOGRPOTrainer
@@ -181,13 +189,13 @@ def run_demo(output_dir: str = "outputs/toy-demo", settings: DemoSettings | None
     start = time.time()
     torch.manual_seed(settings.seed)
 
-    name, config_json, checkpoint = toy_clip_paths()
+    name, config_json, checkpoint = toy_clip_paths(clip_folder)
     reward = CLIPSteeringReward.from_open_clip(
         name, pretrained=checkpoint, model_config=config_json, device=device,
         anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}, alpha=settings.alpha,
         mode=settings.steering_mode,
     )
-    base = load_toy_pipeline(device=device)
+    base = load_toy_pipeline(device=device, path=pipeline_path)
     base.set_progress_bar_config(disable=True)
     logger.info("evaluating the pretrained toy pipeline (%d images per split)", settings.eval_images)
     before_metrics, before_images = _evaluate(base, settings, reward)
@@ -215,7 +223,8 @@ def run_demo(output_dir: str = "outputs/toy-demo", settings: DemoSettings | None
         logdir=os.path.join(output_dir, "runs"),
         exp_name="toy-demo",
     )
-    policy = DefaultDDPOStableDiffusionPipeline(load_toy_pipeline(device=device), use_lora=settings.use_lora)
+    policy = DefaultDDPOStableDiffusionPipeline(load_toy_pipeline(device=device, path=pipeline_path),
+                                                use_lora=settings.use_lora)
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
     logger.info("training %d epochs of GRPO", settings.epochs)
     train_start = time.time()
@@ -278,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description="SafeDiffusion-R1 on the embedded toy world (CPU, minutes).")
     parser.add_argument("--output-dir", default="outputs/toy-demo")
+    parser.add_argument("--pipeline-path", default=None, help="a toy pipeline folder to use instead of the shipped one")
+    parser.add_argument("--clip-folder", default=None, help="a toy CLIP folder to use instead of the shipped one")
     defaults = DemoSettings()
     for key, value in asdict(defaults).items():
         kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
@@ -287,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     for noisy in ("trl_safediffusion.ddpo_trainer", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = DemoSettings(**{k: getattr(args, k) for k in asdict(defaults)})
-    result = run_demo(args.output_dir, settings)
+    result = run_demo(args.output_dir, settings, pipeline_path=args.pipeline_path, clip_folder=args.clip_folder)
     s = result["summary"]
     print(f"\nSafeDiffusion-R1 toy demo ({result['total_seconds']:.0f} s; artefacts in {args.output_dir})")
     for key, (before, after) in s.items():
