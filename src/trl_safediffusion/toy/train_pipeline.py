@@ -12,7 +12,7 @@ The result is a diffusers folder that `StableDiffusionPipeline.from_pretrained(f
 
     python -m trl_safediffusion.toy.train_pipeline --out toy_pipeline --seed 0
 
-takes about 30-40 minutes on 2 CPU cores with the defaults. `--half` stores fp16 safetensors (the shipped assets).
+takes about 45 minutes on a busy 2-core CPU with the defaults (`--threads 1`). `--half` stores fp16 safetensors (the shipped assets).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-lr", type=float, default=2e-3)
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-dimension KL term")
     parser.add_argument("--vae-from", default=None, help="reuse the VAE of this pipeline folder and skip phase 1")
-    parser.add_argument("--unet-steps", type=int, default=1000)
+    parser.add_argument("--unet-steps", type=int, default=2000)
     parser.add_argument("--unet-batch-size", type=int, default=48)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.999)
