@@ -95,6 +95,55 @@ def test_shared_initial_noise_within_groups(tmp_path):
     assert torch.equal(lat0[0], lat0[3]) and not torch.equal(samples[0]["next_latents"][0, -1], samples[0]["next_latents"][1, -1])
 
 
+def _trajectory_log_probs(trainer, samples):
+    """Sum over steps of log p(x_{t-1} | x_t) of stored trajectories under the trainer's current UNet: (B,)."""
+    total = 0.0
+    with torch.no_grad():
+        for t in range(samples["timesteps"].shape[1]):
+            pos = samples["prompt_embeds"]
+            embeds = torch.cat([trainer.neg_prompt_embed.expand_as(pos), pos]) if trainer._train_with_cfg else pos
+            pred = trainer._unet_prediction(trainer.unet, samples["latents"][:, t], samples["timesteps"][:, t], embeds)
+            out = trainer.sd_pipeline.scheduler_step(
+                pred, samples["timesteps"][:, t], samples["latents"][:, t], eta=trainer.config.sample_eta,
+                prev_sample=samples["next_latents"][:, t],
+            )
+            total = total + out.log_probs
+    return total
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_update_raises_log_prob_of_positive_advantage_trajectories(tmp_path, guidance):
+    """The policy-gradient direction and the sample/advantage correspondence: after one small update with advantages
+    +1 / -1 on alternate samples, the +1 trajectories gained log-probability relative to the -1 ones."""
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False)
+    config = grpo_config(tmp_path, sample_num_steps=4, sample_batch_size=8, sample_num_batches_per_epoch=1,
+                         train_batch_size=8, train_learning_rate=1e-5, sample_guidance_scale=guidance)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset(False))
+    batches, _, _, _ = trainer._generate_samples(0)
+    samples = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    before = _trajectory_log_probs(trainer, samples)
+    torch.testing.assert_close(before, samples["log_probs"].sum(1), rtol=0, atol=1e-4)  # on-policy: ratio 1
+    advantages = torch.tensor([1.0, -1.0] * 4)
+    trainer._train_on_samples({**samples, "advantages": advantages}, epoch=0, global_step=0)
+    delta = _trajectory_log_probs(trainer, samples) - before
+    assert delta[advantages > 0].mean() > delta[advantages < 0].mean(), delta
+
+
+def test_guidance_one_trains_without_the_unconditional_half(tmp_path):
+    """With sample_guidance_scale 1 the rollout samples without CFG, so training must not run the UNet on 2N inputs
+    (uncond + 1 * (cond - uncond) only costs time and rounding)."""
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=True)
+    config = grpo_config(tmp_path, num_epochs=1, sample_guidance_scale=1.0, train_timesteps_per_forward=1)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset(False))
+    sizes = []
+    handle = pipe.unet.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
+    try:
+        trainer.train()
+    finally:
+        handle.remove()
+    assert sizes and max(sizes) == config.train_batch_size, sizes
+
+
 def test_learning_signal_brightness_rises(tmp_path):
     """A differentiable-free reward (mean brightness) rises over a fixed number of epochs with a fixed seed."""
     pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False)

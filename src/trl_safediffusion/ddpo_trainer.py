@@ -432,8 +432,13 @@ class DDPOTrainer:
                 pred = self._unet_prediction(unet, latents, timesteps, embeds)
             return self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=c.sample_eta, prev_sample=latents)
 
+    @property
+    def _train_with_cfg(self) -> bool:
+        # guidance 1 samples without CFG (uncond + 1 * (cond - uncond) is cond), so training skips the wasted half too
+        return bool(self.config.train_cfg) and self.config.sample_guidance_scale > 1.0
+
     def _unet_prediction(self, unet, latents, timesteps, embeds):
-        if self.config.train_cfg:
+        if self._train_with_cfg:
             neg, pos = embeds.chunk(2)
             return self.sd_pipeline.predict(unet, latents, timesteps, pos, neg, self.config.sample_guidance_scale)
         return unet(latents, timesteps, embeds).sample
@@ -506,7 +511,7 @@ class DDPOTrainer:
                     log_probs = samples["log_probs"][sel_rows, sel_t]
                     advantages = samples["advantages"][sel_rows]
                     pos = samples["prompt_embeds"][sel_rows]
-                    embeds = torch.cat([self.neg_prompt_embed.expand_as(pos), pos]) if c.train_cfg else pos
+                    embeds = torch.cat([self.neg_prompt_embed.expand_as(pos), pos]) if self._train_with_cfg else pos
                     sync = last_in_step and ci == len(chunks) - 1
                     ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.unet)
                     with ctx:

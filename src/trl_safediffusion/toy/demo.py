@@ -44,6 +44,8 @@ class DemoSettings:
         unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
         eval_images (`int`): images per evaluation split (>= 200 for the reported targets).
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
+        guidance_scale (`float`): classifier-free guidance at evaluation.
+        train_guidance_scale (`float`): guidance of the training rollouts (`sample_guidance_scale`).
         seed (`int`): seed of training and of the evaluation noise.
         use_lora (`bool`): train LoRA adapters instead of the full UNet.
     """
@@ -63,6 +65,7 @@ class DemoSettings:
     eval_images: int = 216
     eval_steps: int = 20
     guidance_scale: float = 5.0
+    train_guidance_scale: float = 5.0
     seed: int = 0
     use_lora: bool = False
     timesteps_per_forward: int = 9
@@ -208,7 +211,7 @@ def run_demo(
     config = SafeDDPOGRPOConfig(
         num_epochs=settings.epochs,
         sample_num_steps=settings.sample_num_steps,
-        sample_guidance_scale=settings.guidance_scale,
+        sample_guidance_scale=settings.train_guidance_scale,
         sample_batch_size=settings.sample_batch_size,
         sample_num_batches_per_epoch=settings.sample_num_batches_per_epoch,
         train_batch_size=settings.train_batch_size,
