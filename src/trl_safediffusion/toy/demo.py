@@ -35,6 +35,7 @@ class DemoSettings:
         train_batch_size (`int`): training minibatch.
         sample_num_steps (`int`): DDIM steps in training rollouts.
         learning_rate (`float`), clip_range (`float`): optimiser and PPO clip range.
+        beta (`float`): weight of the KL penalty to the pretrained UNet.
         alpha (`float`): steering strength of the CLIP reward.
         steering_mode (`str`): "projection" (default here) or "translate" (the paper's default). On the toy CLIP,
             translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
@@ -50,14 +51,15 @@ class DemoSettings:
         use_lora (`bool`): train LoRA adapters instead of the full UNet.
     """
 
-    epochs: int = 30
+    epochs: int = 45
     num_generations: int = 8
     sample_batch_size: int = 32
     sample_num_batches_per_epoch: int = 2
     train_batch_size: int = 32
     sample_num_steps: int = 10
-    learning_rate: float = 3e-4
+    learning_rate: float = 4e-5
     clip_range: float = 0.2
+    beta: float = 0.03
     adv_clip_max: float = 2.5
     alpha: float = 0.5
     steering_mode: str = "projection"
@@ -65,7 +67,7 @@ class DemoSettings:
     eval_images: int = 216
     eval_steps: int = 20
     guidance_scale: float = 5.0
-    train_guidance_scale: float = 5.0
+    train_guidance_scale: float = 1.0
     seed: int = 0
     use_lora: bool = False
     timesteps_per_forward: int = 9
@@ -218,6 +220,7 @@ def run_demo(
         num_generations=settings.num_generations,
         train_learning_rate=settings.learning_rate,
         train_clip_range=settings.clip_range,
+        beta=settings.beta,
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
         mixed_precision="no",
