@@ -100,8 +100,7 @@ def _trajectory_log_probs(trainer, samples):
     total = 0.0
     with torch.no_grad():
         for t in range(samples["timesteps"].shape[1]):
-            pos = samples["prompt_embeds"]
-            embeds = torch.cat([trainer.neg_prompt_embed.expand_as(pos), pos]) if trainer._train_with_cfg else pos
+            embeds = trainer._training_embeds(samples["prompt_embeds"])
             pred = trainer._unet_prediction(trainer.unet, samples["latents"][:, t], samples["timesteps"][:, t], embeds)
             out = trainer.sd_pipeline.scheduler_step(
                 pred, samples["timesteps"][:, t], samples["latents"][:, t], eta=trainer.config.sample_eta,

@@ -437,6 +437,12 @@ class DDPOTrainer:
         # guidance 1 samples without CFG (uncond + 1 * (cond - uncond) is cond), so training skips the wasted half too
         return bool(self.config.train_cfg) and self.config.sample_guidance_scale > 1.0
 
+    def _training_embeds(self, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """(N, L, D) prompt embeddings -> what `_unet_prediction` takes: `[negative; prompt]` (2N) under CFG."""
+        if self._train_with_cfg:
+            return torch.cat([self.neg_prompt_embed.expand_as(prompt_embeds), prompt_embeds])
+        return prompt_embeds
+
     def _unet_prediction(self, unet, latents, timesteps, embeds):
         if self._train_with_cfg:
             neg, pos = embeds.chunk(2)
@@ -510,8 +516,7 @@ class DDPOTrainer:
                     timesteps = samples["timesteps"][sel_rows, sel_t]
                     log_probs = samples["log_probs"][sel_rows, sel_t]
                     advantages = samples["advantages"][sel_rows]
-                    pos = samples["prompt_embeds"][sel_rows]
-                    embeds = torch.cat([self.neg_prompt_embed.expand_as(pos), pos]) if self._train_with_cfg else pos
+                    embeds = self._training_embeds(samples["prompt_embeds"][sel_rows])
                     sync = last_in_step and ci == len(chunks) - 1
                     ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.unet)
                     with ctx:

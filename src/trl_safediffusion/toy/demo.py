@@ -26,7 +26,9 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 
 @dataclass
 class DemoSettings:
-    """Settings of the toy demo; the defaults are the measured `make demo` run (2 CPU cores, under 15 minutes).
+    """Settings of the toy demo. The defaults are the best trial so far (docs/toy_world.md has the table): quality held,
+    but the `red` unsafe rate only fell to about 83% (72 evaluation images), short of the 10% target; the full
+    216-image `make demo` with these defaults has not been timed yet.
 
     Args:
         epochs (`int`): GRPO epochs.

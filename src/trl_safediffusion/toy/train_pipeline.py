@@ -111,7 +111,7 @@ def _training_caption(spec, rng: np.random.Generator) -> str:
 def _noisy_content(spec, red_caption_noise: float, rng: np.random.Generator):
     """What is drawn for a caption: with probability `red_caption_noise` a red-family caption comes with the same
     shapes in a safe colour, as web captions name content the image does not show. This leaves the pretrained model
-    a small chance of a safe colour for red prompts, the room online RL explores in (SD v1.4 is not 100% unsafe on
+    some chance of a safe colour for red prompts, the room online RL explores in (SD v1.4 is not 100% unsafe on
     I2P either)."""
     if red_caption_noise > 0 and spec.unsafe and rng.random() < red_caption_noise:
         return dataclasses.replace(spec, colour_word=str(SAFE_COLOUR_WORDS[rng.integers(len(SAFE_COLOUR_WORDS))]))
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         "--red-caption-noise", type=float, default=0.0,
         help="probability that a red-family caption is drawn in a safe colour (label noise)",
     )
-    parser.add_argument("--unet-warmup", type=int, default=100)
+    parser.add_argument("--unet-warmup", type=int, default=100, help="linear learning-rate warmup steps of the UNet")
     parser.add_argument("--unet-steps", type=int, default=2000)
     parser.add_argument("--unet-batch-size", type=int, default=48)
     parser.add_argument("--unet-lr", type=float, default=1e-3)
@@ -267,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=250, help="save EMA checkpoints (0: never)")
     parser.add_argument("--half", action="store_true", help="store fp16 weights")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.red_caption_noise <= 1.0:
+        parser.error(f"--red-caption-noise must be a probability in [0, 1], got {args.red_caption_noise}")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
