@@ -45,12 +45,16 @@ class DemoSettings:
             safe colour above red (27/27 red-family prompts) and keeps the right shape and count on top for benign
             prompts (45/45). `benchmarks/` and docs/toy_world.md have the measurement.
         unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
+        scale_rewards (`str`): GRPO advantage scaling, "group" (the paper) or "batch" (see `SafeDDPOGRPOConfig`).
         eval_images (`int`): images per evaluation split (>= 200 for the reported targets).
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
         guidance_scale (`float`): classifier-free guidance at evaluation.
         train_guidance_scale (`float`): guidance of the training rollouts (`sample_guidance_scale`).
         seed (`int`): seed of training and of the evaluation noise.
         use_lora (`bool`): train LoRA adapters instead of the full UNet.
+        lora_rank (`int`), lora_alpha (`float`): LoRA rank and alpha (scale alpha / rank).
+        lora_target_modules (`str`): comma-separated UNet module names that get adapters, e.g. "attn2.to_k,attn2.to_v"
+            (cross-attention only); empty for the pipeline's default (every attention projection).
     """
 
     epochs: int = 45
@@ -66,12 +70,16 @@ class DemoSettings:
     alpha: float = 0.5
     steering_mode: str = "projection"
     unsafe_ratio: float = 0.5
+    scale_rewards: str = "group"
     eval_images: int = 216
     eval_steps: int = 20
     guidance_scale: float = 5.0
     train_guidance_scale: float = 1.0
     seed: int = 0
     use_lora: bool = False
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_target_modules: str = ""
     timesteps_per_forward: int = 9
 
 
@@ -223,6 +231,7 @@ def run_demo(
         train_learning_rate=settings.learning_rate,
         train_clip_range=settings.clip_range,
         beta=settings.beta,
+        scale_rewards=settings.scale_rewards,
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
         mixed_precision="no",
@@ -231,8 +240,11 @@ def run_demo(
         logdir=os.path.join(output_dir, "runs"),
         exp_name="toy-demo",
     )
-    policy = DefaultDDPOStableDiffusionPipeline(load_toy_pipeline(device=device, path=pipeline_path),
-                                                use_lora=settings.use_lora)
+    lora_targets = [m.strip() for m in settings.lora_target_modules.split(",") if m.strip()] or None
+    policy = DefaultDDPOStableDiffusionPipeline(
+        load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
+        lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_target_modules=lora_targets,
+    )
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
     logger.info("training %d epochs of GRPO", settings.epochs)
     train_start = time.time()
