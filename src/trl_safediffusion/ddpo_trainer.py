@@ -420,17 +420,37 @@ class DDPOTrainer:
     def loss(self, advantages: torch.Tensor, clip_range: float, ratio: torch.Tensor) -> torch.Tensor:
         return clipped_surrogate_loss(advantages, clip_range, ratio)
 
+    def _reference_unet(self):
+        """The reference policy's UNet and the context that makes it so (LoRA disabled, or the frozen copy)."""
+        if self.ref_unet is not None:
+            return self.ref_unet, contextlib.nullcontext()
+        unet = self.accelerator.unwrap_model(self.unet)
+        return unet, _adapters_disabled(unet)
+
     def _reference_mean(self, latents, timesteps, embeds):
         """Mean of the reference policy's step (no grad): LoRA disabled, or the frozen copy of the UNet."""
-        c = self.config
         with torch.no_grad():
-            if self.ref_unet is not None:
-                unet, ctx = self.ref_unet, contextlib.nullcontext()
-            else:
-                unet, ctx = self.accelerator.unwrap_model(self.unet), _adapters_disabled(self.accelerator.unwrap_model(self.unet))
+            unet, ctx = self._reference_unet()
             with ctx, self.accelerator.autocast():
                 pred = self._unet_prediction(unet, latents, timesteps, embeds)
-            return self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=c.sample_eta, prev_sample=latents)
+            return self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=self.config.sample_eta, prev_sample=latents)
+
+    def _unet_branches(self, unet, latents, timesteps, embeds):
+        """`(uncond, cond)` noise predictions (uncond is None without CFG), cast like the pipeline's `predict`."""
+        dtype = next(unet.parameters()).dtype
+        latents, embeds = latents.to(dtype), embeds.to(dtype)
+        if not self._train_with_cfg:
+            return None, unet(latents, timesteps, embeds).sample
+        pred = unet(torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), embeds).sample
+        return pred.chunk(2)
+
+    def _step_kl(self, policy_pred, ref_pred, timesteps, latents):
+        """Per-sample KL between the DDIM steps the two predictions give (same std: squared mean gap / 2 var)."""
+        eta = self.config.sample_eta
+        a = self.sd_pipeline.scheduler_step(policy_pred, timesteps, latents, eta=eta, prev_sample=latents)
+        b = self.sd_pipeline.scheduler_step(ref_pred, timesteps, latents, eta=eta, prev_sample=latents)
+        kl = ((a.prev_sample_mean - b.prev_sample_mean.to(a.prev_sample_mean.dtype)) ** 2) / (2 * a.std_dev_t**2)
+        return kl.mean(dim=tuple(range(1, kl.ndim)))
 
     @property
     def _train_with_cfg(self) -> bool:
@@ -449,7 +469,7 @@ class DDPOTrainer:
             return self.sd_pipeline.predict(unet, latents, timesteps, pos, neg, self.config.sample_guidance_scale)
         return unet(latents, timesteps, embeds).sample
 
-    def calculate_loss(self, latents, timesteps, next_latents, log_probs, advantages, embeds):
+    def calculate_loss(self, latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights=None):
         """Clipped PPO loss for a flat batch of steps.
 
         Args:
@@ -458,13 +478,21 @@ class DDPOTrainer:
             log_probs (`torch.Tensor`): (N,) log-probabilities recorded at sampling time.
             advantages (`torch.Tensor`): (N,).
             embeds (`torch.Tensor`): (2N, L, D) `[negative; prompt]` with `train_cfg`, else (N, L, D).
+            kl_weights (`torch.Tensor`, *optional*): (N,) weight of each step's KL term (`kl_unsafe_weight` on
+                unsafe-labelled samples, 1 elsewhere); all ones when omitted.
 
         Returns:
-            `(loss, approx_kl, clipfrac, kl)`; `kl` is the mean KL to the reference policy (0 when beta = 0).
+            `(loss, approx_kl, clipfrac, kl)`; `kl` is the weighted mean KL to the reference policy (0 when beta = 0).
         """
         c = self.config
+        beta = getattr(c, "beta", 0.0)
+        branches = beta > 0 and getattr(c, "kl_mode", "guided") == "branches" and self._train_with_cfg
         with self.accelerator.autocast():
-            pred = self._unet_prediction(self.unet, latents, timesteps, embeds)
+            if branches:
+                uncond, cond = self._unet_branches(self.unet, latents, timesteps, embeds)
+                pred = uncond + c.sample_guidance_scale * (cond - uncond)
+            else:
+                pred = self._unet_prediction(self.unet, latents, timesteps, embeds)
         out = self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=c.sample_eta, prev_sample=next_latents)
         log_prob = out.log_probs
         advantages = torch.clamp(advantages, -c.train_adv_clip_max, c.train_adv_clip_max)
@@ -472,13 +500,23 @@ class DDPOTrainer:
         loss = self.loss(advantages, c.train_clip_range, ratio)
         approx_kl = 0.5 * torch.mean((log_prob - log_probs) ** 2)
         clipfrac = torch.mean((torch.abs(ratio - 1.0) > c.train_clip_range).float())
-        beta = getattr(c, "beta", 0.0)
         kl = torch.zeros((), device=loss.device)
         if beta > 0:
-            ref = self._reference_mean(latents, timesteps, embeds)
-            # KL between two Gaussians with the same std, averaged over latent dimensions like the log-probs.
-            kl_per = ((out.prev_sample_mean - ref.prev_sample_mean) ** 2) / (2 * out.std_dev_t**2)
-            kl = kl_per.mean(dim=tuple(range(1, kl_per.ndim))).mean()
+            w = torch.ones_like(advantages) if kl_weights is None else kl_weights.to(advantages)
+            if branches:
+                with torch.no_grad():
+                    unet, ctx = self._reference_unet()
+                    with ctx, self.accelerator.autocast():
+                        ref_uncond, ref_cond = self._unet_branches(unet, latents, timesteps, embeds)
+                # the unconditional prediction sees no prompt: anchored for every sample
+                per = w * self._step_kl(cond, ref_cond, timesteps, latents)
+                per = per + self._step_kl(uncond, ref_uncond, timesteps, latents)
+            else:
+                ref = self._reference_mean(latents, timesteps, embeds)
+                # KL between two Gaussians with the same std, averaged over latent dimensions like the log-probs.
+                kl_per = ((out.prev_sample_mean - ref.prev_sample_mean) ** 2) / (2 * out.std_dev_t**2)
+                per = w * kl_per.mean(dim=tuple(range(1, kl_per.ndim)))
+            kl = per.mean()
             loss = loss + beta * kl
         return loss, approx_kl, clipfrac, kl
 
@@ -517,11 +555,12 @@ class DDPOTrainer:
                     log_probs = samples["log_probs"][sel_rows, sel_t]
                     advantages = samples["advantages"][sel_rows]
                     embeds = self._training_embeds(samples["prompt_embeds"][sel_rows])
+                    kl_weights = samples["kl_weights"][sel_rows] if "kl_weights" in samples else None
                     sync = last_in_step and ci == len(chunks) - 1
                     ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.unet)
                     with ctx:
                         loss, approx_kl, clipfrac, kl = self.calculate_loss(
-                            latents, timesteps, next_latents, log_probs, advantages, embeds
+                            latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights
                         )
                         # mean over the k sampled timesteps and the accumulated minibatches, as TRL's accumulation
                         weight = (j1 - j0) / k_train / accum
@@ -566,12 +605,30 @@ class DDPOTrainer:
         samples["advantages"] = torch.as_tensor(
             advantages[start : start + n_local], dtype=torch.float32, device=self.accelerator.device
         )
+        kl_weights = self._kl_weights(plan.metadata)
+        if kl_weights is not None:
+            samples["kl_weights"] = kl_weights
         if self.config.push_samples_every and epoch % self.config.push_samples_every == 0:
             self._push_samples(epoch, prompt_image_data, plan)
         global_step = self._train_on_samples(samples, epoch, global_step)
         if self.config.save_freq and (epoch + 1) % self.config.save_freq == 0:
             self.save_checkpoint(epoch, global_step)
         return global_step
+
+    def _kl_weights(self, metadata) -> torch.Tensor | None:
+        """(N,) KL weight per local sample: `kl_unsafe_weight` where the label column is true, else 1 (None: all 1)."""
+        c = self.config
+        weight = float(getattr(c, "kl_unsafe_weight", 1.0))
+        if getattr(c, "beta", 0.0) <= 0 or weight == 1.0:
+            return None
+        label = getattr(c, "label_column", None)
+        if not label or not all(isinstance(m, dict) and label in m for m in metadata):
+            raise ValueError(
+                f"kl_unsafe_weight={weight} needs every prompt's metadata to carry label_column {label!r} (mix_prompts "
+                "adds it); set label_column to your dataset's unsafe column or kl_unsafe_weight=1"
+            )
+        unsafe = [_truthy(m[label]) for m in metadata]
+        return torch.tensor([weight if u else 1.0 for u in unsafe], dtype=torch.float32, device=self.accelerator.device)
 
     def _reward_log(self, epoch: int, rewards: np.ndarray, reward_results) -> tuple[dict, dict]:
         """The reward statistics every trainer logs, and the gathered per-component rewards."""
@@ -829,6 +886,13 @@ def _cpu_only_multiprocess() -> bool:
     world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
     has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
     return world > 1 and not torch.cuda.is_available() and not has_xpu
+
+
+def _truthy(value) -> bool:
+    """A label value as a bool: True/1/"true"/"yes"/"unsafe" (any case) are true."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "unsafe")
+    return bool(value)
 
 
 @contextlib.contextmanager

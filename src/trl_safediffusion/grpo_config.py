@@ -50,6 +50,22 @@ class SafeDDPOGRPOConfig(DDPOConfig):
             "full fine-tuning). 0 as in the paper."
         },
     )
+    kl_mode: str = field(
+        default="guided",
+        metadata={
+            "help": "What the KL (beta > 0) compares: 'guided' the classifier-free-guided step at the training guidance "
+            "scale; 'branches' the unconditional and the conditional predictions separately, which holds the model at "
+            "every guidance scale, not only the training one (the same as 'guided' without CFG)."
+        },
+    )
+    kl_unsafe_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the KL on samples whose `label_column` is true (unsafe prompts); 1 treats every prompt "
+            "alike, 0 anchors only the benign prompts (and, with kl_mode='branches', the unconditional prediction, "
+            "which sees no prompt) so unsafe prompts move freely."
+        },
+    )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weights of the reward functions when several are given (default all 1)."}
     )
@@ -82,6 +98,10 @@ class SafeDDPOGRPOConfig(DDPOConfig):
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.kl_mode not in ("guided", "branches"):
+            raise ValueError(f"kl_mode must be 'guided' or 'branches', got {self.kl_mode!r}")
+        if isinstance(self.kl_unsafe_weight, bool) or not 0.0 <= float(self.kl_unsafe_weight) <= 1.0:
+            raise ValueError(f"kl_unsafe_weight must be a number in [0, 1], got {self.kl_unsafe_weight!r}")
         if not self.advantage_epsilon > 0:
             raise ValueError(f"advantage_epsilon must be > 0, got {self.advantage_epsilon}")
         if self.reward_weights is not None:

@@ -38,6 +38,8 @@ class DemoSettings:
         sample_num_steps (`int`): DDIM steps in training rollouts.
         learning_rate (`float`), clip_range (`float`): optimiser and PPO clip range.
         beta (`float`): weight of the KL penalty to the pretrained UNet.
+        kl_mode (`str`), kl_unsafe_weight (`float`): what the KL compares and its weight on `red` prompts (see
+            `SafeDDPOGRPOConfig`).
         alpha (`float`): steering strength of the CLIP reward.
         steering_mode (`str`): "projection" (default here) or "translate" (the paper's default). On the toy CLIP,
             translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
@@ -66,6 +68,8 @@ class DemoSettings:
     learning_rate: float = 4e-5
     clip_range: float = 0.2
     beta: float = 0.03
+    kl_mode: str = "guided"
+    kl_unsafe_weight: float = 1.0
     adv_clip_max: float = 2.5
     alpha: float = 0.5
     steering_mode: str = "projection"
@@ -231,6 +235,8 @@ def run_demo(
         train_learning_rate=settings.learning_rate,
         train_clip_range=settings.clip_range,
         beta=settings.beta,
+        kl_mode=settings.kl_mode,
+        kl_unsafe_weight=settings.kl_unsafe_weight,
         scale_rewards=settings.scale_rewards,
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
