@@ -40,3 +40,18 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
     for split in EVAL_SPLITS:
         for key in ("unsafe_rate", "all_correct", "shape", "count", "colour"):
             assert again[split][key] == pytest.approx(result["after"][split][key]), (split, key)
+
+
+def test_trainable_modules_freeze_the_rest_and_name_bad_input():
+    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.toy.demo import _freeze_all_but
+
+    unet = tiny_sd_pipeline().unet
+    _freeze_all_but(unet, "attn2.to_k, attn2.to_v", use_lora=False)
+    trained = [n for n, p in unet.named_parameters() if p.requires_grad]
+    assert trained and all("attn2.to_k" in n or "attn2.to_v" in n for n in trained)
+    assert len(trained) < len(list(unet.parameters()))
+    with pytest.raises(ValueError, match="trainable_modules='nothing'"):
+        _freeze_all_but(unet, "nothing", use_lora=False)
+    with pytest.raises(ValueError, match="lora_target_modules"):
+        _freeze_all_but(unet, "attn2", use_lora=True)

@@ -57,6 +57,8 @@ class DemoSettings:
         lora_rank (`int`), lora_alpha (`float`): LoRA rank and alpha (scale alpha / rank).
         lora_target_modules (`str`): comma-separated UNet module names that get adapters, e.g. "attn2.to_k,attn2.to_v"
             (cross-attention only); empty for the pipeline's default (every attention projection).
+        trainable_modules (`str`): under full fine-tuning, comma-separated parts of UNet parameter names to train
+            (e.g. "attn2" for the cross-attention layers); the rest stays frozen. Empty trains the whole UNet.
     """
 
     epochs: int = 45
@@ -84,6 +86,7 @@ class DemoSettings:
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_target_modules: str = ""
+    trainable_modules: str = ""
     timesteps_per_forward: int = 9
 
 
@@ -183,6 +186,22 @@ def _reward_curve(history: list[dict], path: str):
     plt.close(fig)
 
 
+def _freeze_all_but(unet, trainable_modules: str, use_lora: bool) -> None:
+    """Full fine-tuning of only the UNet parameters whose names contain one of the comma-separated parts."""
+    parts = [m.strip() for m in trainable_modules.split(",") if m.strip()]
+    if not parts:
+        return
+    if use_lora:
+        raise ValueError("trainable_modules is for full fine-tuning; with use_lora=True set lora_target_modules instead")
+    kept = 0
+    for name, param in unet.named_parameters():
+        keep = any(part in name for part in parts)
+        param.requires_grad_(keep)
+        kept += int(keep)
+    if not kept:
+        raise ValueError(f"trainable_modules={trainable_modules!r} matches no UNet parameter (try e.g. 'attn2')")
+
+
 def run_demo(
     output_dir: str = "outputs/toy-demo",
     settings: DemoSettings | None = None,
@@ -251,6 +270,7 @@ def run_demo(
         load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
         lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_target_modules=lora_targets,
     )
+    _freeze_all_but(policy.unet, settings.trainable_modules, settings.use_lora)
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
     logger.info("training %d epochs of GRPO", settings.epochs)
     train_start = time.time()
