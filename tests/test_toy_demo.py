@@ -19,7 +19,7 @@ def _assets_present():
 def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
     settings = DemoSettings(epochs=2, eval_images=12, sample_batch_size=16, sample_num_batches_per_epoch=1,
                             train_batch_size=16, num_generations=8, eval_steps=8, sample_num_steps=6,
-                            timesteps_per_forward=5)
+                            timesteps_per_forward=5, stage2_epochs=1)
     out = str(tmp_path / "demo")
     result = run_demo(out, settings, device="cpu")
     for name in ("metrics.json", "before_after.png", "reward_curve.png", "alpha_sweep.png", "model/model_index.json", "model/README.md"):
@@ -27,6 +27,9 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
     assert saved["settings"]["epochs"] == 2 and len(saved["training_log"]) == 2
+    # the guidance curriculum: the last stage2_epochs sample at stage2_guidance_scale
+    assert [r["sample_guidance_scale"] for r in saved["training_log"]] == [
+        settings.train_guidance_scale, settings.stage2_guidance_scale]
     for split in EVAL_SPLITS:
         for key in ("unsafe_rate", "all_correct", "shape", "count", "colour", "steering_reward_mean"):
             assert 0.0 <= saved["before"][split][key] <= 1.0 or key == "steering_reward_mean"
@@ -55,3 +58,8 @@ def test_trainable_modules_freeze_the_rest_and_name_bad_input():
         _freeze_all_but(unet, "nothing", use_lora=False)
     with pytest.raises(ValueError, match="lora_target_modules"):
         _freeze_all_but(unet, "attn2", use_lora=True)
+
+
+def test_stage2_epochs_must_fit_in_epochs(tmp_path):
+    with pytest.raises(ValueError, match="stage2_epochs"):
+        run_demo(str(tmp_path / "demo"), DemoSettings(epochs=3, stage2_epochs=4), device="cpu")

@@ -449,8 +449,7 @@ class DDPOTrainer:
         eta = self.config.sample_eta
         a = self.sd_pipeline.scheduler_step(policy_pred, timesteps, latents, eta=eta, prev_sample=latents)
         b = self.sd_pipeline.scheduler_step(ref_pred, timesteps, latents, eta=eta, prev_sample=latents)
-        kl = ((a.prev_sample_mean - b.prev_sample_mean.to(a.prev_sample_mean.dtype)) ** 2) / (2 * a.std_dev_t**2)
-        return kl.mean(dim=tuple(range(1, kl.ndim)))
+        return _same_std_kl(a.prev_sample_mean, b.prev_sample_mean, a.std_dev_t)
 
     @property
     def _train_with_cfg(self) -> bool:
@@ -513,9 +512,7 @@ class DDPOTrainer:
                 per = per + self._step_kl(uncond, ref_uncond, timesteps, latents)
             else:
                 ref = self._reference_mean(latents, timesteps, embeds)
-                # KL between two Gaussians with the same std, averaged over latent dimensions like the log-probs.
-                kl_per = ((out.prev_sample_mean - ref.prev_sample_mean) ** 2) / (2 * out.std_dev_t**2)
-                per = w * kl_per.mean(dim=tuple(range(1, kl_per.ndim)))
+                per = w * _same_std_kl(out.prev_sample_mean, ref.prev_sample_mean, out.std_dev_t)
             kl = per.mean()
             loss = loss + beta * kl
         return loss, approx_kl, clipfrac, kl
@@ -639,6 +636,7 @@ class DDPOTrainer:
             "reward_mean": float(r.mean()) if r.size else float("nan"),
             "reward_std": float(r.std()) if r.size else float("nan"),
             "reward_nonfinite": int((~finite).sum()),
+            "sample_guidance_scale": float(self.config.sample_guidance_scale),
         }
         components = self._gather_components(reward_results)
         for name, values in components.items():
@@ -886,6 +884,12 @@ def _cpu_only_multiprocess() -> bool:
     world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
     has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
     return world > 1 and not torch.cuda.is_available() and not has_xpu
+
+
+def _same_std_kl(mean_a: torch.Tensor, mean_b: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B,) KL between two Gaussians with the same std, averaged over the latent dimensions like the log-probs."""
+    kl = ((mean_a - mean_b.to(mean_a.dtype)) ** 2) / (2 * std**2)
+    return kl.mean(dim=tuple(range(1, kl.ndim)))
 
 
 def _truthy(value) -> bool:

@@ -26,9 +26,11 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 
 @dataclass
 class DemoSettings:
-    """Settings of the toy demo. The defaults are the best trial so far (docs/toy_world.md has the table): quality held,
-    but the `red` unsafe rate only fell to about 83% (72 evaluation images), short of the 10% target; the full
-    216-image `make demo` with these defaults has not been timed yet.
+    """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
+    15 epochs of rollouts at guidance 2, then 15 at guidance 5, full fine-tuning with a per-branch KL (beta 0.1) on
+    benign prompts. `make demo` with them (216 images per split, 14.4 minutes on 2 CPU cores) took the `red` unsafe
+    rate from 98.6% to 36.6% and held benign colour accuracy (99.1%) but lost 7.4 points of benign all-correct
+    accuracy (shape), short of issue 4's targets; `stage2_learning_rate=8e-5` reaches 0% red at a larger quality cost.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -52,6 +54,12 @@ class DemoSettings:
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
         guidance_scale (`float`): classifier-free guidance at evaluation.
         train_guidance_scale (`float`): guidance of the training rollouts (`sample_guidance_scale`).
+        stage2_epochs (`int`), stage2_guidance_scale (`float`): the last `stage2_epochs` of the `epochs` sample their
+            rollouts at `stage2_guidance_scale` instead (a guidance curriculum: explore at low guidance first, then
+            train where the model is used). 0 keeps one stage.
+        stage2_learning_rate (`float`): learning rate of stage 2; 0 scales `learning_rate` by
+            `train_guidance_scale / stage2_guidance_scale`, since guidance multiplies the change a weight update makes
+            to the guided step (at lr 8e-5 unscaled, stage 2 cost benign colour accuracy 99 -> 73%).
         seed (`int`): seed of training and of the evaluation noise.
         use_lora (`bool`): train LoRA adapters instead of the full UNet.
         lora_rank (`int`), lora_alpha (`float`): LoRA rank and alpha (scale alpha / rank).
@@ -61,17 +69,17 @@ class DemoSettings:
             (e.g. "attn2" for the cross-attention layers); the rest stays frozen. Empty trains the whole UNet.
     """
 
-    epochs: int = 45
+    epochs: int = 30
     num_generations: int = 8
     sample_batch_size: int = 32
     sample_num_batches_per_epoch: int = 2
     train_batch_size: int = 32
     sample_num_steps: int = 10
-    learning_rate: float = 4e-5
+    learning_rate: float = 8e-5
     clip_range: float = 0.2
-    beta: float = 0.03
-    kl_mode: str = "guided"
-    kl_unsafe_weight: float = 1.0
+    beta: float = 0.1
+    kl_mode: str = "branches"
+    kl_unsafe_weight: float = 0.0
     adv_clip_max: float = 2.5
     alpha: float = 0.5
     steering_mode: str = "projection"
@@ -80,7 +88,10 @@ class DemoSettings:
     eval_images: int = 216
     eval_steps: int = 20
     guidance_scale: float = 5.0
-    train_guidance_scale: float = 1.0
+    train_guidance_scale: float = 2.0
+    stage2_epochs: int = 15
+    stage2_guidance_scale: float = 5.0
+    stage2_learning_rate: float = 0.0
     seed: int = 0
     use_lora: bool = False
     lora_rank: int = 4
@@ -178,6 +189,11 @@ def _reward_curve(history: list[dict], path: str):
         xs = [r["epoch"] for r in logs if key in r]
         if xs:
             ax.plot(xs, [r[key] for r in logs if key in r], label=label)
+    for prev, row in zip(logs, logs[1:]):
+        if row.get("sample_guidance_scale") != prev.get("sample_guidance_scale"):
+            ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":")
+            ax.text(row["epoch"], ax.get_ylim()[0], f" guidance {row['sample_guidance_scale']:g}", color="grey",
+                    va="bottom")
     ax.set_xlabel("epoch")
     ax.set_ylabel("steering reward (alpha 0.5)")
     ax.legend()
@@ -222,6 +238,8 @@ def run_demo(
     from .world import prompt_sets
 
     settings = settings or DemoSettings()
+    if not 0 <= settings.stage2_epochs <= settings.epochs:
+        raise ValueError(f"stage2_epochs must be in [0, epochs={settings.epochs}], got {settings.stage2_epochs}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(output_dir, exist_ok=True)
     start = time.time()
@@ -274,7 +292,19 @@ def run_demo(
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
     logger.info("training %d epochs of GRPO", settings.epochs)
     train_start = time.time()
-    trainer.train()
+    stage1 = settings.epochs - settings.stage2_epochs
+    trainer.train(stage1)
+    if settings.stage2_epochs:
+        trainer.config.sample_guidance_scale = settings.stage2_guidance_scale
+        lr = settings.stage2_learning_rate or (
+            settings.learning_rate * settings.train_guidance_scale / settings.stage2_guidance_scale
+        )
+        trainer.config.train_learning_rate = lr
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = lr
+        logger.info("stage 2: %d epochs at guidance %s, lr %.2g", settings.stage2_epochs,
+                    settings.stage2_guidance_scale, lr)
+        trainer.train(settings.epochs)
     train_seconds = time.time() - train_start
 
     model_dir = os.path.join(output_dir, "model")
