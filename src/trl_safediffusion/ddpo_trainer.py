@@ -436,13 +436,9 @@ class DDPOTrainer:
             return self.sd_pipeline.scheduler_step(pred, timesteps, latents, eta=self.config.sample_eta, prev_sample=latents)
 
     def _unet_branches(self, unet, latents, timesteps, embeds):
-        """`(uncond, cond)` noise predictions (uncond is None without CFG), cast like the pipeline's `predict`."""
-        dtype = next(unet.parameters()).dtype
-        latents, embeds = latents.to(dtype), embeds.to(dtype)
-        if not self._train_with_cfg:
-            return None, unet(latents, timesteps, embeds).sample
-        pred = unet(torch.cat([latents, latents]), torch.cat([timesteps, timesteps]), embeds).sample
-        return pred.chunk(2)
+        """`(uncond, cond)` noise predictions for CFG training embeds `[negative; prompt]`."""
+        neg, pos = embeds.chunk(2)
+        return self.sd_pipeline.predict_branches(unet, latents, timesteps, pos, neg)
 
     def _step_kl(self, policy_pred, ref_pred, timesteps, latents):
         """Per-sample KL between the DDIM steps the two predictions give (same std: squared mean gap / 2 var)."""

@@ -292,18 +292,20 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         """UNet prediction with classifier-free guidance: uncond + scale * (cond - uncond).
 
         Inputs are cast to the UNet's parameter dtype (autocast, where active, then picks the compute dtype)."""
+        if cfg:
+            uncond, cond = self.predict_branches(unet, latents, timesteps, prompt_embeds, negative_prompt_embeds)
+            return uncond + guidance_scale * (cond - uncond)
+        dtype = _module_dtype(unet)
+        return unet(latents.to(dtype), timesteps, prompt_embeds.to(dtype)).sample
+
+    def predict_branches(self, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds):
+        """The two classifier-free-guidance branches `(uncond, cond)` from one batched UNet call, inputs cast as in
+        `predict`."""
         dtype = _module_dtype(unet)
         latents = latents.to(dtype)
-        prompt_embeds = prompt_embeds.to(dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(dtype)
-        if cfg:
-            model_in = torch.cat([latents, latents])
-            t_in = torch.cat([timesteps, timesteps]) if torch.is_tensor(timesteps) and timesteps.ndim else timesteps
-            pred = unet(model_in, t_in, torch.cat([negative_prompt_embeds, prompt_embeds])).sample
-            uncond, cond = pred.chunk(2)
-            return uncond + guidance_scale * (cond - uncond)
-        return unet(latents, timesteps, prompt_embeds).sample
+        embeds = torch.cat([negative_prompt_embeds.to(dtype), prompt_embeds.to(dtype)])
+        t_in = torch.cat([timesteps, timesteps]) if torch.is_tensor(timesteps) and timesteps.ndim else timesteps
+        return unet(torch.cat([latents, latents]), t_in, embeds).sample.chunk(2)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode to float32 images (B, 3, H, W) in [0, 1]."""
