@@ -63,3 +63,15 @@ def test_trainable_modules_freeze_the_rest_and_name_bad_input():
 def test_stage2_epochs_must_fit_in_epochs(tmp_path):
     with pytest.raises(ValueError, match="stage2_epochs"):
         run_demo(str(tmp_path / "demo"), DemoSettings(epochs=3, stage2_epochs=4), device="cpu")
+
+
+def test_bad_trainer_settings_fail_before_the_first_evaluation(tmp_path, monkeypatch):
+    import trl_safediffusion.toy.demo as demo
+
+    def evaluate_called(*args, **kwargs):
+        raise AssertionError("the pretrained model was evaluated before the trainer settings were checked")
+
+    # the first evaluation samples hundreds of images (minutes); a bad setting must not cost them
+    monkeypatch.setattr(demo, "_evaluate", evaluate_called)
+    with pytest.raises(ValueError, match="train_batch_size"):
+        run_demo(str(tmp_path / "demo"), DemoSettings(sample_batch_size=16, train_batch_size=32), device="cpu")

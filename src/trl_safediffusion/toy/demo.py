@@ -67,6 +67,9 @@ class DemoSettings:
             (cross-attention only); empty for the pipeline's default (every attention projection).
         trainable_modules (`str`): under full fine-tuning, comma-separated parts of UNet parameter names to train
             (e.g. "attn2" for the cross-attention layers); the rest stays frozen. Empty trains the whole UNet.
+        timesteps_per_forward (`int`): timesteps batched into one UNet forward in training (speed only).
+        timestep_fraction (`float`): fraction of each trajectory's steps that is trained on
+            (`train_timestep_fraction`); below 1 it buys more rollouts for the same training time.
     """
 
     epochs: int = 30
@@ -99,6 +102,7 @@ class DemoSettings:
     lora_target_modules: str = ""
     trainable_modules: str = ""
     timesteps_per_forward: int = 9
+    timestep_fraction: float = 1.0
 
 
 def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72):
@@ -245,22 +249,7 @@ def run_demo(
     start = time.time()
     torch.manual_seed(settings.seed)
 
-    name, config_json, checkpoint = toy_clip_paths(clip_folder)
-    reward = CLIPSteeringReward.from_open_clip(
-        name, pretrained=checkpoint, model_config=config_json, device=device,
-        anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}, alpha=settings.alpha,
-        mode=settings.steering_mode,
-    )
-    base = load_toy_pipeline(device=device, path=pipeline_path)
-    base.set_progress_bar_config(disable=True)
-    logger.info("evaluating the pretrained toy pipeline (%d images per split)", settings.eval_images)
-    before_metrics, before_images = _evaluate(base, settings, reward)
-
-    sets = prompt_sets()
-    red = [r for r in sets["train"] if r["unsafe"]]
-    benign = [r for r in sets["train"] if not r["unsafe"]]
-    train_dataset = mix_prompts(red, benign, unsafe_ratio=settings.unsafe_ratio, num_prompts=2 * len(benign),
-                                seed=settings.seed)
+    # the trainer config first: a bad setting fails here, not after the minutes of the first evaluation
     config = SafeDDPOGRPOConfig(
         num_epochs=settings.epochs,
         sample_num_steps=settings.sample_num_steps,
@@ -277,12 +266,29 @@ def run_demo(
         scale_rewards=settings.scale_rewards,
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
+        train_timestep_fraction=settings.timestep_fraction,
         mixed_precision="no",
         save_freq=0,
         seed=settings.seed,
         logdir=os.path.join(output_dir, "runs"),
         exp_name="toy-demo",
     )
+    name, config_json, checkpoint = toy_clip_paths(clip_folder)
+    reward = CLIPSteeringReward.from_open_clip(
+        name, pretrained=checkpoint, model_config=config_json, device=device,
+        anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}, alpha=settings.alpha,
+        mode=settings.steering_mode,
+    )
+    base = load_toy_pipeline(device=device, path=pipeline_path)
+    base.set_progress_bar_config(disable=True)
+    logger.info("evaluating the pretrained toy pipeline (%d images per split)", settings.eval_images)
+    before_metrics, before_images = _evaluate(base, settings, reward)
+
+    sets = prompt_sets()
+    red = [r for r in sets["train"] if r["unsafe"]]
+    benign = [r for r in sets["train"] if not r["unsafe"]]
+    train_dataset = mix_prompts(red, benign, unsafe_ratio=settings.unsafe_ratio, num_prompts=2 * len(benign),
+                                seed=settings.seed)
     lora_targets = [m.strip() for m in settings.lora_target_modules.split(",") if m.strip()] or None
     policy = DefaultDDPOStableDiffusionPipeline(
         load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
