@@ -46,6 +46,7 @@ def main():
         use_lora=model_args.use_lora,
         lora_rank=model_args.lora_rank,
         lora_alpha=model_args.lora_alpha,
+        trainable_modules=model_args.trainable_modules,
     )
 
     # 4. train, logging a captioned grid of samples with their rewards

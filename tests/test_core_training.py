@@ -336,3 +336,19 @@ def test_combined_rewards_are_logged_per_component(tmp_path):
     b, d = log["reward/brightness_reward_mean"], log["reward/darkness_mean"]
     assert b + d == pytest.approx(1.0, abs=1e-5)
     assert log["reward_mean"] == pytest.approx(2.0 * b + 0.5 * d, abs=1e-5)
+
+
+def test_trainable_modules_train_only_the_named_layers_and_the_card_says_so(tmp_path):
+    torch.manual_seed(0)
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False, trainable_modules="attn2")
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    config = grpo_config(tmp_path, num_epochs=1, beta=0.1, kl_mode="branches", sample_guidance_scale=3.0)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset())
+    trainer.train()
+    moved = {n for n, p in trainer.unet.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved, "no cross-attention parameter was updated"
+    assert all("attn2" in n for n in moved), sorted(n for n in moved if "attn2" not in n)
+    out = tmp_path / "model"
+    trainer.save_pretrained(str(out))
+    card = (out / "README.md").read_text()
+    assert "part of the UNet" in card and "attn2" in card

@@ -46,18 +46,20 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
 
 
 def test_trainable_modules_freeze_the_rest_and_name_bad_input():
+    from trl_safediffusion.pipelines import DefaultDDPOStableDiffusionPipeline
     from trl_safediffusion.tiny import tiny_sd_pipeline
-    from trl_safediffusion.toy.demo import _freeze_all_but
 
-    unet = tiny_sd_pipeline().unet
-    _freeze_all_but(unet, "attn2.to_k, attn2.to_v", use_lora=False)
+    policy = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False,
+                                                trainable_modules="attn2.to_k, attn2.to_v")
+    unet = policy.unet
     trained = [n for n, p in unet.named_parameters() if p.requires_grad]
     assert trained and all("attn2.to_k" in n or "attn2.to_v" in n for n in trained)
     assert len(trained) < len(list(unet.parameters()))
-    with pytest.raises(ValueError, match="trainable_modules='nothing'"):
-        _freeze_all_but(unet, "nothing", use_lora=False)
+    assert {id(p) for p in policy.trainable_parameters()} == {id(p) for n, p in unet.named_parameters() if n in trained}
+    with pytest.raises(ValueError, match=r"trainable_modules=\['nothing'\]"):
+        DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False, trainable_modules=["nothing"])
     with pytest.raises(ValueError, match="lora_target_modules"):
-        _freeze_all_but(unet, "attn2", use_lora=True)
+        DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=True, trainable_modules="attn2")
 
 
 def test_stage2_epochs_must_fit_in_epochs(tmp_path):

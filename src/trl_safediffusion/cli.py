@@ -53,6 +53,11 @@ class ModelArguments:
     )
     lora_rank: int = field(default=4, metadata={"help": "LoRA rank."})
     lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (the adapter scale is alpha / rank)."})
+    trainable_modules: str | None = field(
+        default=None,
+        metadata={"help": "With use_lora=false: train only the UNet parameters whose names contain one of these "
+                  "comma-separated parts, e.g. 'attn2' (cross-attention); the rest stays frozen."},
+    )
 
 
 @dataclass
@@ -550,6 +555,7 @@ def run_train(argv: list[str] | None = None) -> str:
     pipeline = DefaultDDPOStableDiffusionPipeline(
         model_path, pretrained_model_revision=model_args.pretrained_revision,
         use_lora=model_args.use_lora, lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha,
+        trainable_modules=model_args.trainable_modules,
     )
     hook = None
     if out_args.log_images:

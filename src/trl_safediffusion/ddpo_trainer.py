@@ -767,6 +767,7 @@ class DDPOTrainer:
                 "mixed_precision": c.mixed_precision,
                 "lora": self.sd_pipeline.use_lora,
                 "lora_rank": getattr(self.sd_pipeline, "lora_rank", None) if self.sd_pipeline.use_lora else None,
+                "trainable_modules": ", ".join(getattr(self.sd_pipeline, "trainable_modules", None) or []) or None,
             },
             "reward": describe_reward(self.reward_fn),
             "tags": list(self._tag_names),

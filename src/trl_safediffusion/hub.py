@@ -232,6 +232,7 @@ _RECIPE_LABELS = {
     "mixed_precision": "Mixed precision",
     "lora": "LoRA",
     "lora_rank": "LoRA rank",
+    "trainable_modules": "Trained UNet modules",
 }
 _REWARD_LABELS = {
     "name": "Reward",
@@ -340,7 +341,8 @@ def build_model_card(info: SafeDiffusionCardInfo):
         kind = "full Stable Diffusion pipeline (diffusers format, safetensors)"
 
     recipe_rows = [("Base model", info.base_model or "unknown"), ("Trainer", info.trainer)]
-    recipe_rows.append(("Fine-tuning", "LoRA" if info.lora or recipe.get("lora") else "full UNet"))
+    tuned = "LoRA" if info.lora or recipe.get("lora") else ("part of the UNet" if recipe.get("trainable_modules") else "full UNet")
+    recipe_rows.append(("Fine-tuning", tuned))
     recipe_rows += [(_RECIPE_LABELS.get(k, k), v) for k, v in recipe.items() if v is not None and k != "lora"]
     recipe_rows += [(k, v) for k, v in extra.items() if v is not None]
 

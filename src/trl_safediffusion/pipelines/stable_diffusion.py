@@ -146,6 +146,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         lora_alpha (`float`, *optional*, defaults to `4`): LoRA alpha (scale = alpha / rank).
         lora_target_modules (`list[str]`, *optional*): UNet modules that get adapters; defaults to the attention
             projections `to_q`, `to_k`, `to_v`, `to_out.0`.
+        trainable_modules (`str` or `list[str]`, *optional*): full fine-tuning of only the UNet parameters whose
+            names contain one of these parts (a list, or a comma-separated string), e.g. `"attn2"` for the
+            cross-attention layers, the layers through which the prompt reaches the UNet (ESD-x, Gandikota et al.
+            2023, erases prompt-bound concepts this way). The rest of the UNet stays frozen. Needs `use_lora=False`.
         torch_dtype (`torch.dtype`, *optional*): dtype used to load the pipeline.
         prompt_cache_size (`int`, *optional*, defaults to `4096`): prompt embeddings cached (the text encoder is frozen).
     """
@@ -159,6 +163,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         lora_rank: int = 4,
         lora_alpha: float = 4,
         lora_target_modules=None,
+        trainable_modules=None,
         torch_dtype: torch.dtype | None = None,
         prompt_cache_size: int = 4096,
     ):
@@ -180,6 +185,13 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
                 "pretrained_model_name must be a Hub id, a local folder or a diffusers StableDiffusionPipeline, got "
                 f"{type(pretrained_model_name).__name__}"
             )
+        parts = trainable_modules.split(",") if isinstance(trainable_modules, str) else list(trainable_modules or [])
+        self.trainable_modules = [str(m).strip() for m in parts if str(m).strip()] or None
+        if self.trainable_modules and use_lora:
+            raise ValueError(
+                "trainable_modules selects UNet parameters for full fine-tuning; pass use_lora=False with it, or keep "
+                "use_lora=True and choose the adapted modules with lora_target_modules"
+            )
         if not isinstance(lora_rank, int) or lora_rank < 1:
             raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
         if not lora_alpha > 0:
@@ -196,6 +208,17 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         self.sd_pipeline.vae.requires_grad_(False)
         self.sd_pipeline.text_encoder.requires_grad_(False)
         self.sd_pipeline.unet.requires_grad_(not self.use_lora)
+        if self.trainable_modules:
+            kept = 0
+            for name, param in self.sd_pipeline.unet.named_parameters():
+                keep = any(part in name for part in self.trainable_modules)
+                param.requires_grad_(keep)
+                kept += int(keep)
+            if not kept:
+                raise ValueError(
+                    f"trainable_modules={self.trainable_modules} matches no UNet parameter name; use parts of the names "
+                    "in unet.named_parameters(), e.g. 'attn2' (cross-attention) or 'up_blocks'"
+                )
         if self.use_lora:
             from peft import LoraConfig
 

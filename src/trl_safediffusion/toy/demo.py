@@ -206,22 +206,6 @@ def _reward_curve(history: list[dict], path: str):
     plt.close(fig)
 
 
-def _freeze_all_but(unet, trainable_modules: str, use_lora: bool) -> None:
-    """Full fine-tuning of only the UNet parameters whose names contain one of the comma-separated parts."""
-    parts = [m.strip() for m in trainable_modules.split(",") if m.strip()]
-    if not parts:
-        return
-    if use_lora:
-        raise ValueError("trainable_modules is for full fine-tuning; with use_lora=True set lora_target_modules instead")
-    kept = 0
-    for name, param in unet.named_parameters():
-        keep = any(part in name for part in parts)
-        param.requires_grad_(keep)
-        kept += int(keep)
-    if not kept:
-        raise ValueError(f"trainable_modules={trainable_modules!r} matches no UNet parameter (try e.g. 'attn2')")
-
-
 def run_demo(
     output_dir: str = "outputs/toy-demo",
     settings: DemoSettings | None = None,
@@ -293,8 +277,8 @@ def run_demo(
     policy = DefaultDDPOStableDiffusionPipeline(
         load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
         lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_target_modules=lora_targets,
+        trainable_modules=settings.trainable_modules or None,
     )
-    _freeze_all_but(policy.unet, settings.trainable_modules, settings.use_lora)
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
     logger.info("training %d epochs of GRPO", settings.epochs)
     train_start = time.time()
