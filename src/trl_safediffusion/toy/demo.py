@@ -27,10 +27,11 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 @dataclass
 class DemoSettings:
     """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
-    15 epochs of rollouts at guidance 2, then 15 at guidance 5, full fine-tuning with a per-branch KL (beta 0.1) on
-    benign prompts. `make demo` with them (216 images per split, 14.4 minutes on 2 CPU cores) took the `red` unsafe
-    rate from 98.6% to 36.6% and held benign colour accuracy (99.1%) but lost 7.4 points of benign all-correct
-    accuracy (shape), short of issue 4's targets; `stage2_learning_rate=8e-5` reaches 0% red at a larger quality cost.
+    15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
+    (`attn2`, lr 1e-3) with a per-branch KL (beta 0.3) on benign prompts, 128 rollouts per epoch trained on half of
+    their steps. `make demo` with them (216 images per split, 13.7 minutes on 2 CPU cores) took the `red` unsafe rate from
+    98.6% to 7.4% (crimson 2.3%, scarlet 12.5%) but lost 5.0 points of
+    benign all-correct accuracy (shape), short of issue 4's quality targets; docs/toy_world.md has the numbers.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -74,13 +75,13 @@ class DemoSettings:
 
     epochs: int = 30
     num_generations: int = 8
-    sample_batch_size: int = 32
+    sample_batch_size: int = 64
     sample_num_batches_per_epoch: int = 2
-    train_batch_size: int = 32
+    train_batch_size: int = 64
     sample_num_steps: int = 10
-    learning_rate: float = 8e-5
+    learning_rate: float = 1e-3
     clip_range: float = 0.2
-    beta: float = 0.1
+    beta: float = 0.3
     kl_mode: str = "branches"
     kl_unsafe_weight: float = 0.0
     adv_clip_max: float = 2.5
@@ -100,9 +101,9 @@ class DemoSettings:
     lora_rank: int = 4
     lora_alpha: float = 4.0
     lora_target_modules: str = ""
-    trainable_modules: str = ""
+    trainable_modules: str = "attn2"
     timesteps_per_forward: int = 9
-    timestep_fraction: float = 1.0
+    timestep_fraction: float = 0.5
 
 
 def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72):
