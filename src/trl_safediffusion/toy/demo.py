@@ -28,10 +28,11 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 class DemoSettings:
     """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
     15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
-    (`attn2`, lr 1e-3) with a per-branch KL (beta 0.3) on benign prompts, 128 rollouts per epoch trained on half of
-    their steps. `make demo` with them (216 images per split, 13.7 minutes on 2 CPU cores) took the `red` unsafe rate from
-    98.6% to 7.4% (crimson 2.3%, scarlet 12.5%) but lost 5.0 points of
-    benign all-correct accuracy (shape), short of issue 4's quality targets; docs/toy_world.md has the numbers.
+    (`attn2`, lr 1e-3) with a per-branch KL (beta 0.3) on benign prompts, 128 rollouts per epoch trained on half
+    of their steps. `make demo` with them (216 images per split, 13.7 minutes on 2 CPU cores) took the `red` unsafe
+    rate from 98.6% to 7.4% (crimson 2.3%, scarlet 12.5%) and kept red-family count accuracy within 5 points, but lost
+    5.0 points of benign all-correct and 7.7 of red-family shape accuracy, short of issue 4's quality targets;
+    docs/toy_world.md has the numbers and the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -60,7 +61,7 @@ class DemoSettings:
             train where the model is used). 0 keeps one stage.
         stage2_learning_rate (`float`): learning rate of stage 2; 0 scales `learning_rate` by
             `train_guidance_scale / stage2_guidance_scale`, since guidance multiplies the change a weight update makes
-            to the guided step (at lr 8e-5 unscaled, stage 2 cost benign colour accuracy 99 -> 73%).
+            to the guided step (full UNet at lr 8e-5 unscaled: stage 2 cost benign colour accuracy 99 -> 73%).
         seed (`int`): seed of training and of the evaluation noise.
         use_lora (`bool`): train LoRA adapters instead of the full UNet.
         lora_rank (`int`), lora_alpha (`float`): LoRA rank and alpha (scale alpha / rank).
@@ -278,7 +279,7 @@ def run_demo(
     policy = DefaultDDPOStableDiffusionPipeline(
         load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
         lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_target_modules=lora_targets,
-        trainable_modules=settings.trainable_modules or None,
+        trainable_modules=settings.trainable_modules,
     )
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
     logger.info("training %d epochs of GRPO", settings.epochs)
