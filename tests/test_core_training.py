@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 
 import numpy as np
@@ -141,6 +142,42 @@ def test_guidance_one_trains_without_the_unconditional_half(tmp_path):
     finally:
         handle.remove()
     assert sizes and max(sizes) == config.train_batch_size, sizes
+
+
+@pytest.mark.parametrize("window, fraction, expected", [(0.5, 1.0, 4), (0.3, 0.5, 1), (1.0, 1.0, 7)])
+def test_timestep_window_trains_only_the_first_steps(tmp_path, window, fraction, expected):
+    """train_timestep_window: the UNet is trained only at the first ceil(window * trainable) DDIM steps (7 trainable
+    of 8 with the last one skipped), each sample on int(that * train_timestep_fraction) of them."""
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=True)
+    config = grpo_config(tmp_path, num_epochs=1, sample_num_steps=8, sample_batch_size=8, sample_num_batches_per_epoch=1,
+                         train_batch_size=8, train_timestep_window=window, train_timestep_fraction=fraction,
+                         train_timesteps_per_forward=1)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset(False))
+    batches, _, _, _ = trainer._generate_samples(0)
+    samples = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    samples["advantages"] = torch.tensor([1.0, -1.0] * 4)
+    seen = []
+    handle = pipe.unet.register_forward_hook(lambda module, args, output: seen.append(args[1].detach().clone()))
+    try:
+        trainer._train_on_samples(samples, epoch=0, global_step=0)
+    finally:
+        handle.remove()
+    first = math.ceil(7 * window - 1e-9)
+    allowed = set(samples["timesteps"][0, :first].tolist())
+    trained = torch.cat([t.reshape(-1) for t in seen]).tolist()
+    assert set(trained) <= allowed, (sorted(set(trained)), sorted(allowed))
+    per_sample = int(first * fraction)
+    assert per_sample == expected and trainer.num_train_timesteps == expected
+    # one forward per trained timestep, on the CFG-doubled batch of 8 samples
+    assert len(seen) == expected
+    if window == 1.0:
+        assert set(trained) == set(samples["timesteps"][0, :7].tolist())  # every step but the last
+
+
+def test_timestep_window_out_of_range_names_the_field(tmp_path):
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="train_timestep_window"):
+            grpo_config(tmp_path, train_timestep_window=bad)
 
 
 def test_learning_signal_brightness_rises(tmp_path):

@@ -92,6 +92,14 @@ class DDPOConfig:
     train_timestep_fraction: float = field(
         default=1.0, metadata={"help": "Fraction of each trajectory's timesteps trained on (sampled per sample)."}
     )
+    train_timestep_window: float = field(
+        default=1.0,
+        metadata={
+            "help": "(trl-safediffusion) Train only on the first (noisiest) this fraction of each trajectory's "
+            "trainable steps, rounded up; `train_timestep_fraction` then picks among them. The early steps decide "
+            "colour and layout, the late ones draw detail. 1.0 trains on the whole trajectory."
+        },
+    )
     train_timesteps_per_forward: int = field(
         default=1,
         metadata={
@@ -194,6 +202,11 @@ class DDPOConfig:
             raise ValueError(f"sample_guidance_scale must be >= 0, got {self.sample_guidance_scale}")
         if not 0.0 < self.train_timestep_fraction <= 1.0:
             raise ValueError(f"train_timestep_fraction must be in (0, 1], got {self.train_timestep_fraction}")
+        if not 0.0 < self.train_timestep_window <= 1.0:
+            raise ValueError(
+                f"train_timestep_window must be in (0, 1] (the fraction of each trajectory, from its first step, that "
+                f"is trained on), got {self.train_timestep_window}"
+            )
         for name in ("train_learning_rate", "train_clip_range", "train_adv_clip_max", "train_max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

@@ -10,6 +10,7 @@ import contextlib
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 from collections import defaultdict, deque
@@ -247,7 +248,7 @@ class DDPOTrainer:
             self._resume(config.resume_from)
 
     def _num_train_timesteps(self) -> int:
-        return max(1, int(self.config.sample_num_steps * self.config.train_timestep_fraction))
+        return max(1, int(self._timestep_candidates() * self.config.train_timestep_fraction))
 
     def _trainable_timestep_count(self) -> int:
         """How many of the T steps of a trajectory are candidates for training (all of them for DDPO)."""
@@ -515,7 +516,8 @@ class DDPOTrainer:
 
     # ================================================================== training
     def _timestep_candidates(self) -> int:
-        return self._trainable_timestep_count()
+        """How many steps, from the first, training picks from: `train_timestep_window` of the trainable ones."""
+        return max(1, math.ceil(self._trainable_timestep_count() * self.config.train_timestep_window - 1e-9))
 
     def _train_on_samples(self, samples: dict, epoch: int, global_step: int) -> int:
         c = self.config
@@ -760,6 +762,7 @@ class DDPOTrainer:
                 "sample_batch_size": c.sample_batch_size,
                 "train_clip_range": c.train_clip_range,
                 "train_adv_clip_max": c.train_adv_clip_max,
+                "train_timestep_window": c.train_timestep_window,
                 "num_epochs": c.num_epochs,
                 "epochs_trained": self.first_epoch,
                 "num_generations": getattr(c, "num_generations", None),

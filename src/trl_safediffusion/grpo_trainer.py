@@ -134,9 +134,6 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
     def _trainable_timestep_count(self) -> int:
         return self.config.sample_num_steps - (1 if self.config.train_skip_last_timestep else 0)
 
-    def _num_train_timesteps(self) -> int:
-        return max(1, int(self._trainable_timestep_count() * self.config.train_timestep_fraction))
-
     def _groups_per_process(self) -> int:
         c = self.config
         return c.sample_batch_size * c.sample_num_batches_per_epoch // c.num_generations

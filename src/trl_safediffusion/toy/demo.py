@@ -72,6 +72,8 @@ class DemoSettings:
         timesteps_per_forward (`int`): timesteps batched into one UNet forward in training (speed only).
         timestep_fraction (`float`): fraction of each trajectory's steps that is trained on
             (`train_timestep_fraction`); below 1 it buys more rollouts for the same training time.
+        timestep_window (`float`): train only on the first (noisiest) fraction of each trajectory's steps
+            (`train_timestep_window`); the early steps decide the colour, the late ones the shape's detail.
     """
 
     epochs: int = 30
@@ -105,6 +107,7 @@ class DemoSettings:
     trainable_modules: str = "attn2"
     timesteps_per_forward: int = 9
     timestep_fraction: float = 0.5
+    timestep_window: float = 1.0
 
 
 def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72):
@@ -253,6 +256,7 @@ def run_demo(
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
         train_timestep_fraction=settings.timestep_fraction,
+        train_timestep_window=settings.timestep_window,
         mixed_precision="no",
         save_freq=0,
         seed=settings.seed,
