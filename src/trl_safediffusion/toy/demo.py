@@ -78,11 +78,11 @@ class DemoSettings:
 
     epochs: int = 30
     num_generations: int = 8
-    sample_batch_size: int = 64
+    sample_batch_size: int = 128
     sample_num_batches_per_epoch: int = 2
-    train_batch_size: int = 64
+    train_batch_size: int = 128
     sample_num_steps: int = 10
-    learning_rate: float = 1e-3
+    learning_rate: float = 1.8e-4
     clip_range: float = 0.2
     beta: float = 0.3
     kl_mode: str = "branches"
@@ -106,8 +106,8 @@ class DemoSettings:
     lora_target_modules: str = ""
     trainable_modules: str = "attn2"
     timesteps_per_forward: int = 9
-    timestep_fraction: float = 0.5
-    timestep_window: float = 1.0
+    timestep_fraction: float = 0.2
+    timestep_window: float = 0.5
 
 
 def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72):

@@ -1,0 +1,64 @@
+"""Which denoising steps carry a trained toy model's changes? Samples with the trained UNet for the first k steps and
+the pretrained UNet for the rest, and prints the `red` unsafe rate and benign accuracy per k.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_step_attribution.py outputs/toy-demo/model [--ks 0,5,10,20]
+
+Uses the demo's evaluation protocol (20 deterministic DDIM steps, guidance 5, the demo's prompts and noise seeds,
+`--images` per split). k = 0 is the pretrained model, k = 20 the trained one.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from trl_safediffusion.toy.demo import DemoSettings
+from trl_safediffusion.toy.detectors import score
+from trl_safediffusion.toy.pipeline import load_toy_pipeline
+from trl_safediffusion.toy.world import prompt_sets
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", help="a trained toy pipeline in diffusers format (the demo's <output>/model)")
+    parser.add_argument("--ks", default="0,5,10,20", help="comma-separated numbers of steps run by the trained UNet")
+    parser.add_argument("--images", type=int, default=216)
+    args = parser.parse_args()
+    from diffusers import StableDiffusionPipeline
+
+    settings = DemoSettings()
+    pipe = StableDiffusionPipeline.from_pretrained(args.model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    trained_unet, base_unet = pipe.unet, load_toy_pipeline().unet
+    sets = prompt_sets()
+    seed = settings.seed + 1
+    print(f"{'k':>3s} {'red unsafe':>10s} {'benign all-correct':>18s} {'benign shape':>12s} {'red shape':>9s}")
+    for k in (int(x) for x in args.ks.split(",")):
+        if not 0 <= k <= settings.eval_steps:
+            raise SystemExit(f"--ks: each k must be in [0, {settings.eval_steps}], got {k}")
+
+        def switch(p, i, t, kwargs, k=k):
+            if i == k - 1:  # after the trained UNet's k-th step, the pretrained one takes over
+                p.unet = base_unet
+            return kwargs
+
+        metrics = {}
+        for split in ("eval_benign", "eval_red"):
+            rows = [sets[split][i % len(sets[split])] for i in range(args.images)]
+            images = []
+            for start in range(0, len(rows), 72):  # the batching and noise seeds of the demo's evaluation
+                chunk = rows[start : start + 72]
+                gens = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
+                pipe.unet = trained_unet if k > 0 else base_unet
+                out = pipe([r["prompt"] for r in chunk], num_inference_steps=settings.eval_steps,
+                           guidance_scale=settings.guidance_scale, generator=gens, output_type="pt",
+                           callback_on_step_end=switch)
+                images.append(out.images.float().cpu())
+            metrics[split] = score(torch.cat(images), rows)
+        b, r = metrics["eval_benign"], metrics["eval_red"]
+        print(f"{k:3d} {r['unsafe_rate']:10.1%} {b['all_correct']:18.1%} {b['shape']:12.1%} {r['shape']:9.1%}")
+
+
+if __name__ == "__main__":
+    main()
