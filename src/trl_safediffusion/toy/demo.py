@@ -28,11 +28,13 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 class DemoSettings:
     """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
     15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
-    (`attn2`, lr 1e-3) with a per-branch KL (beta 0.3) on benign prompts, 128 rollouts per epoch trained on half
-    of their steps. `make demo` with them (216 images per split, 13.7 minutes on 2 CPU cores) took the `red` unsafe
-    rate from 98.6% to 7.4% (crimson 2.3%, scarlet 12.5%) and kept red-family count accuracy within 5 points, but lost
-    5.0 points of benign all-correct and 7.7 of red-family shape accuracy, short of issue 4's quality targets;
-    docs/toy_world.md has the numbers and the trials.
+    (`attn2`, lr 1.8e-4) with a per-branch KL (beta 0.3) on benign prompts, 256 rollouts per epoch, each trained on
+    one step drawn from the first half of its trajectory (where the colour is decided). `make demo` with them (216
+    images per split, 5.7 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 5.1% (crimson 2.8%,
+    scarlet 7.9%) and lost 1.4 points of benign all-correct accuracy, meeting those two targets of issue 4, but lost
+    10.5 points of red-family shape and 6.8 of red-family count accuracy (targets: 5). The pretrained model draws red
+    objects with better shapes than any safe colour (90% against 81-86%), so a red prompt drawn in a safe colour
+    loses about 6 points of shape accuracy however well it is drawn; docs/toy_world.md has the numbers and the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
