@@ -28,13 +28,14 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 class DemoSettings:
     """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
     15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
-    (`attn2`, lr 1.8e-4) with a per-branch KL (beta 0.3) on benign prompts, 256 rollouts per epoch, each trained on
+    (`attn2`, lr 2.5e-4) with a per-branch KL (beta 0.3) on benign prompts, 256 rollouts per epoch, each trained on
     one step drawn from the first half of its trajectory (where the colour is decided). `make demo` with them (216
-    images per split, 5.7 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 5.1% (crimson 2.8%,
-    scarlet 7.9%) and lost 1.4 points of benign all-correct accuracy, meeting those two targets of issue 4, but lost
-    10.5 points of red-family shape and 6.8 of red-family count accuracy (targets: 5). The pretrained model draws red
-    objects with better shapes than any safe colour (90% against 81-86%), so a red prompt drawn in a safe colour
-    loses about 6 points of shape accuracy however well it is drawn; docs/toy_world.md has the numbers and the trials.
+    images per split, 5.6 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 1.4% (crimson 0.9%,
+    scarlet 2.8%) and lost 1.4 points of benign all-correct accuracy, meeting those two targets of issue 4, but lost
+    9.0 points of red-family shape and 6.9 of red-family count accuracy (targets: 5; with seed 1 all four targets
+    are met). The pretrained model draws red objects with better shapes than any safe colour (90% against 81-86%), so
+    a red prompt drawn in a safe colour loses about 6 points of shape accuracy however well it is drawn;
+    docs/toy_world.md has the numbers and the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -84,7 +85,7 @@ class DemoSettings:
     sample_num_batches_per_epoch: int = 2
     train_batch_size: int = 128
     sample_num_steps: int = 10
-    learning_rate: float = 1.8e-4
+    learning_rate: float = 2.5e-4
     clip_range: float = 0.2
     beta: float = 0.3
     kl_mode: str = "branches"
