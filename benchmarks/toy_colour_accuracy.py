@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 
 from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
-from trl_safediffusion.toy.detectors import detect_batch, to_uint8_images
+from trl_safediffusion.toy.detectors import judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import prompt_sets
 
@@ -34,10 +34,11 @@ def main():
     pipe = load_toy_pipeline(path=args.pipeline_path)
     pipe.set_progress_bar_config(disable=True)
     images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1)
+    judged = judge(images, rows)
     shape, count = defaultdict(list), defaultdict(list)
-    for objects, row in zip(detect_batch(to_uint8_images(images)), rows):
-        shape[row["colour_word"]].append(len(objects) > 0 and all(o[1] == row["shape"] for o in objects))
-        count[row["colour_word"]].append(len(objects) == row["count"])
+    for i, row in enumerate(rows):
+        shape[row["colour_word"]].append(judged["shape"][i])
+        count[row["colour_word"]].append(judged["count"][i])
     print(f"{'colour':8s} {'images':>6s} {'shape':>7s} {'count':>7s}")
     for word in sorted(shape, key=lambda w: (w == "red", w)):
         print(f"{word:8s} {len(shape[word]):6d} {np.mean(shape[word]):7.1%} {np.mean(count[word]):7.1%}")

@@ -20,22 +20,9 @@ import torch
 
 from trl_safediffusion.rewards import CLIPSteeringReward
 from trl_safediffusion.toy.clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, toy_clip_paths
-from trl_safediffusion.toy.detectors import detect_batch, to_uint8_images
+from trl_safediffusion.toy.detectors import judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import prompt_sets
-
-
-def correctness(images: torch.Tensor, rows: list[dict]) -> dict[str, np.ndarray]:
-    """Per image: all-correct, shape and count against its prompt row (the detectors' rules of `score`)."""
-    out = {"all-correct": [], "shape": [], "count": []}
-    for objects, row in zip(detect_batch(to_uint8_images(images)), rows):
-        count_ok = len(objects) == row["count"]
-        shape_ok = len(objects) > 0 and all(o[1] == row["shape"] for o in objects)
-        colour_ok = len(objects) > 0 and all(o[0] == row["colour"] for o in objects)
-        out["all-correct"].append(count_ok and shape_ok and colour_ok)
-        out["shape"].append(shape_ok)
-        out["count"].append(count_ok)
-    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
 def main():
@@ -57,7 +44,9 @@ def main():
         images.append(out.images.float())
     images = torch.cat(images)
     per_image = [row for row in rows for _ in range(G)]
-    ok = {k: v.reshape(len(rows), G) for k, v in correctness(images, per_image).items()}
+    judged = judge(images, per_image)
+    ok = {name: judged[key].astype(np.float64).reshape(len(rows), G)
+          for name, key in (("all-correct", "all_correct"), ("shape", "shape"), ("count", "count"))}
     print(f"{len(rows)} benign prompts x {G} images (guidance {args.guidance:g}, {args.steps} steps, eta 1): "
           + ", ".join(f"{k} {v.mean():.1%}" for k, v in ok.items()))
     name, config_json, checkpoint = toy_clip_paths(None)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from trl_safediffusion.toy.demo import DemoSettings
+from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
 from trl_safediffusion.toy.detectors import score
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import prompt_sets
@@ -32,7 +30,6 @@ def main():
     pipe.set_progress_bar_config(disable=True)
     trained_unet, base_unet = pipe.unet, load_toy_pipeline().unet
     sets = prompt_sets()
-    seed = settings.seed + 1
     print(f"{'k':>3s} {'red unsafe':>10s} {'benign all-correct':>18s} {'benign shape':>12s} {'red shape':>9s}")
     for k in (int(x) for x in args.ks.split(",")):
         if not 0 <= k <= settings.eval_steps:
@@ -41,21 +38,17 @@ def main():
         def switch(p, i, t, kwargs, k=k):
             if i == k - 1:  # after the trained UNet's k-th step, the pretrained one takes over
                 p.unet = base_unet
+            if i == settings.eval_steps - 1:  # the next batch starts again with the UNet of its first step
+                p.unet = trained_unet if k > 0 else base_unet
             return kwargs
 
+        pipe.unet = trained_unet if k > 0 else base_unet
         metrics = {}
         for split in ("eval_benign", "eval_red"):
             rows = [sets[split][i % len(sets[split])] for i in range(args.images)]
-            images = []
-            for start in range(0, len(rows), 72):  # the batching and noise seeds of the demo's evaluation
-                chunk = rows[start : start + 72]
-                gens = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
-                pipe.unet = trained_unet if k > 0 else base_unet
-                out = pipe([r["prompt"] for r in chunk], num_inference_steps=settings.eval_steps,
-                           guidance_scale=settings.guidance_scale, generator=gens, output_type="pt",
-                           callback_on_step_end=switch)
-                images.append(out.images.float().cpu())
-            metrics[split] = score(torch.cat(images), rows)
+            images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
+                                  callback_on_step_end=switch)
+            metrics[split] = score(images, rows)
         b, r = metrics["eval_benign"], metrics["eval_red"]
         print(f"{k:3d} {r['unsafe_rate']:10.1%} {b['all_correct']:18.1%} {b['shape']:12.1%} {r['shape']:9.1%}")
 

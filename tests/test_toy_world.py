@@ -8,6 +8,7 @@ from trl_safediffusion.toy.detectors import (
     connected_components,
     detect_objects,
     is_unsafe,
+    judge,
     score,
     to_uint8_images,
     unsafe_fraction,
@@ -89,6 +90,23 @@ def test_negative_cases():
     assert not is_unsafe(noisy)[0] and detect_objects(noisy) == []
     noisy[10:16, 10:16] = PALETTE["red"]
     assert is_unsafe(noisy)[0] and detect_objects(noisy) == [("red", "square")]
+
+
+def test_judge_marks_each_image_and_score_is_its_mean():
+    rng = np.random.default_rng(5)
+    image = draw(ShapeSpec("blue", "circle", 2), rng)
+    images = np.stack([image] * 4)
+    specs = [ShapeSpec("blue", "circle", 2), ShapeSpec("blue", "circle", 3), ShapeSpec("blue", "square", 2),
+             ShapeSpec("green", "circle", 2)]
+    judged = judge(images, specs)
+    assert judged["all_correct"].tolist() == [True, False, False, False]
+    assert judged["count"].tolist() == [True, False, True, True]
+    assert judged["shape"].tolist() == [True, True, False, True]
+    assert judged["colour"].tolist() == [True, True, True, False]
+    report = score(images, specs)
+    assert report["all_correct"] == 0.25 and report["count"] == 0.75 and report["shape"] == 0.75
+    with pytest.raises(ValueError, match="specs"):
+        judge(images, specs[:3])
 
 
 def test_image_formats_are_equivalent():

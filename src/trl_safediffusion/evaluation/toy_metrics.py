@@ -32,16 +32,16 @@ class ToyWorldMetrics:
 
     def __call__(self, images, prompts, rows) -> list[dict]:
         d = self._detectors
+        images = d.to_uint8_images(images)
         fractions = d.unsafe_fraction(images)
         flags = d.is_unsafe(images, self.unsafe_threshold)
-        out = []
-        for i, row in enumerate(rows):
-            result = {"toy_unsafe": bool(flags[i]), "toy_red_fraction": float(fractions[i])}
-            if all(k in row for k in _SPEC_KEYS):
-                s = d.score(images[i : i + 1], [row], unsafe_threshold=self.unsafe_threshold)
-                result.update({f"toy_{k}_ok": bool(s[k]) for k in ("count", "shape", "colour")})
-                result["toy_all_correct"] = bool(s["all_correct"])
-            out.append(result)
+        out = [{"toy_unsafe": bool(flags[i]), "toy_red_fraction": float(fractions[i])} for i in range(len(rows))]
+        specced = [i for i, row in enumerate(rows) if all(k in row for k in _SPEC_KEYS)]
+        if specced:
+            judged = d.judge(images[specced], [rows[i] for i in specced])
+            for j, i in enumerate(specced):
+                out[i].update({f"toy_{k}_ok": bool(judged[k][j]) for k in ("count", "shape", "colour")})
+                out[i]["toy_all_correct"] = bool(judged["all_correct"][j])
         return out
 
     def summarize(self, table: Sequence[Mapping]) -> dict[str, Any]:

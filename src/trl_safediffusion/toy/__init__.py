@@ -2,7 +2,7 @@
 Stable Diffusion pipeline and CLIP trained on it (see docs/toy_world.md)."""
 
 from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_clip_paths
-from .detectors import detect_batch, detect_objects, is_unsafe, score, unsafe_fraction
+from .detectors import detect_batch, detect_objects, is_unsafe, judge, score, unsafe_fraction
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
 from .world import (
     COLOUR_WORDS,
@@ -33,6 +33,7 @@ __all__ = [
     "draw",
     "draw_batch",
     "is_unsafe",
+    "judge",
     "load_toy_clip",
     "load_toy_pipeline",
     "prompt_sets",

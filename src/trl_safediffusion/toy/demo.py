@@ -113,8 +113,9 @@ class DemoSettings:
     timestep_window: float = 0.5
 
 
-def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72):
-    """Deterministic evaluation images: image i uses the noise of seed (seed, i) whatever the batch."""
+def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, **pipe_kwargs):
+    """Deterministic evaluation images: image i uses the noise of seed (seed, i) whatever the batch. `pipe_kwargs`
+    (e.g. `callback_on_step_end`) go to every pipeline call."""
 
     images = []
     for start in range(0, len(rows), batch_size):
@@ -122,7 +123,7 @@ def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72):
         gens = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
         out = pipe(
             [r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-            output_type="pt",
+            output_type="pt", **pipe_kwargs,
         )
         images.append(out.images.float().cpu())
     return torch.cat(images)
