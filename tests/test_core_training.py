@@ -379,7 +379,8 @@ def test_trainable_modules_train_only_the_named_layers_and_the_card_says_so(tmp_
     torch.manual_seed(0)
     pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False, trainable_modules="attn2")
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
-    config = grpo_config(tmp_path, num_epochs=1, beta=0.1, kl_mode="branches", sample_guidance_scale=3.0)
+    config = grpo_config(tmp_path, num_epochs=1, beta=0.1, kl_mode="branches", sample_guidance_scale=3.0,
+                         train_timestep_window=0.5, train_timestep_fraction=0.75)
     trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset())
     trainer.train()
     moved = {n for n, p in trainer.unet.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -389,3 +390,7 @@ def test_trainable_modules_train_only_the_named_layers_and_the_card_says_so(tmp_
     trainer.save_pretrained(str(out))
     card = (out / "README.md").read_text()
     assert "part of the UNet" in card and "attn2" in card
+    labels = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in card.splitlines() if line.count("|") >= 3}
+    assert labels["KL compares"] == "branches" and labels["KL coefficient (beta)"] == "0.1"
+    assert labels["Trained timestep window (first fraction of each trajectory)"] == "0.5"
+    assert labels["Trained fraction of the window's timesteps"] == "0.75"

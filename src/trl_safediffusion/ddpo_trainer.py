@@ -763,6 +763,7 @@ class DDPOTrainer:
                 "train_clip_range": c.train_clip_range,
                 "train_adv_clip_max": c.train_adv_clip_max,
                 "train_timestep_window": c.train_timestep_window,
+                "train_timestep_fraction": c.train_timestep_fraction,
                 "num_epochs": c.num_epochs,
                 "epochs_trained": self.first_epoch,
                 "num_generations": getattr(c, "num_generations", None),

@@ -225,6 +225,8 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 "share_initial_noise": c.share_initial_noise,
                 "scale_rewards": c.scale_rewards,
                 "train_skip_last_timestep": c.train_skip_last_timestep,
+                "kl_mode": c.kl_mode if c.beta else None,
+                "kl_unsafe_weight": c.kl_unsafe_weight if c.beta else None,
             }
         )
         if self.train_dataset is not None:

@@ -233,6 +233,13 @@ _RECIPE_LABELS = {
     "lora": "LoRA",
     "lora_rank": "LoRA rank",
     "trainable_modules": "Trained UNet modules",
+    "train_timestep_window": "Trained timestep window (first fraction of each trajectory)",
+    "train_timestep_fraction": "Trained fraction of the window's timesteps",
+    "train_skip_last_timestep": "Last (noiseless) timestep skipped in training",
+    "share_initial_noise": "Initial noise shared within a group",
+    "scale_rewards": "Advantage scaling",
+    "kl_mode": "KL compares",
+    "kl_unsafe_weight": "KL weight on unsafe prompts",
 }
 _REWARD_LABELS = {
     "name": "Reward",
