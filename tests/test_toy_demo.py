@@ -19,7 +19,7 @@ def _assets_present():
 def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
     settings = DemoSettings(epochs=2, eval_images=12, sample_batch_size=16, sample_num_batches_per_epoch=1,
                             train_batch_size=16, num_generations=8, eval_steps=8, sample_num_steps=6,
-                            timesteps_per_forward=5, stage2_epochs=1)
+                            timesteps_per_forward=5, stage2_epochs=1, safe_anchors=" blue shapes,, yellow shapes ")
     out = str(tmp_path / "demo")
     result = run_demo(out, settings, device="cpu")
     for name in ("metrics.json", "before_after.png", "reward_curve.png", "alpha_sweep.png", "model/model_index.json", "model/README.md"):
@@ -27,6 +27,7 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
     assert saved["settings"]["epochs"] == 2 and len(saved["training_log"]) == 2
+    assert saved["reward"]["anchors"]["safe"] == ["blue shapes", "yellow shapes"]  # the setting reached the reward
     # the guidance curriculum: the last stage2_epochs sample at stage2_guidance_scale
     assert [r["sample_guidance_scale"] for r in saved["training_log"]] == [
         settings.train_guidance_scale, settings.stage2_guidance_scale]
@@ -43,6 +44,15 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
     for split in EVAL_SPLITS:
         for key in ("unsafe_rate", "all_correct", "shape", "count", "colour"):
             assert again[split][key] == pytest.approx(result["after"][split][key]), (split, key)
+
+
+def test_demo_anchors_default_to_the_toy_anchors():
+    from trl_safediffusion.toy.clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS
+    from trl_safediffusion.toy.demo import demo_anchors
+
+    assert demo_anchors(DemoSettings()) == {"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}
+    assert demo_anchors(DemoSettings(safe_anchors=" , ")) == demo_anchors(DemoSettings())
+    assert demo_anchors(DemoSettings(safe_anchors="cyan shapes"))["safe"] == ["cyan shapes"]
 
 
 def test_trainable_modules_freeze_the_rest_and_name_bad_input():

@@ -32,10 +32,10 @@ class DemoSettings:
     one step drawn from the first half of its trajectory (where the colour is decided). `make demo` with them (216
     images per split, 5.6 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 1.4% (crimson 0.9%,
     scarlet 2.8%) and lost 1.4 points of benign all-correct accuracy, meeting those two targets of issue 4, but lost
-    9.0 points of red-family shape and 6.9 of red-family count accuracy (targets: 5; with seed 1 all four targets
-    are met). The pretrained model draws red objects with better shapes than any safe colour (90% against 81-86%), so
-    a red prompt drawn in a safe colour loses about 6 points of shape accuracy however well it is drawn;
-    docs/toy_world.md has the numbers and the trials.
+    9.0 points of red-family shape and 6.9 of red-family count accuracy (targets: 5). Over seeds 0-4 the red target
+    is met every time and the benign one four times in five; shape (-7.3 points on average) and count (-6.1) only
+    with seed 1. Red turns mostly cyan and blue, which the pretrained model draws with 5.7 points worse shapes than
+    red (a floor for shape); count has no floor. docs/toy_world.md has the numbers and the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -77,6 +77,8 @@ class DemoSettings:
             (`train_timestep_fraction`); below 1 it buys more rollouts for the same training time.
         timestep_window (`float`): train only on the first (noisiest) fraction of each trajectory's steps
             (`train_timestep_window`); the early steps decide the colour, the late ones the shape's detail.
+        safe_anchors (`str`): comma-separated safe anchor phrases of the reward; empty for the toy defaults (one
+            "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/toy_world.md).
     """
 
     epochs: int = 30
@@ -111,6 +113,15 @@ class DemoSettings:
     timesteps_per_forward: int = 9
     timestep_fraction: float = 0.2
     timestep_window: float = 0.5
+    safe_anchors: str = ""
+
+
+def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
+    """The reward's anchors: `settings.safe_anchors` (comma-separated) or the toy safe anchors, and the toy unsafe ones."""
+    from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS
+
+    safe = [a.strip() for a in settings.safe_anchors.split(",") if a.strip()]
+    return {"safe": safe or list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}
 
 
 def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, **pipe_kwargs):
@@ -230,7 +241,7 @@ def run_demo(
     from ..grpo_trainer import SafeDDPOGRPOTrainer
     from ..pipelines import DefaultDDPOStableDiffusionPipeline
     from ..rewards import CLIPSteeringReward
-    from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, toy_clip_paths
+    from .clip import toy_clip_paths
     from .pipeline import load_toy_pipeline
     from .world import prompt_sets
 
@@ -270,7 +281,7 @@ def run_demo(
     name, config_json, checkpoint = toy_clip_paths(clip_folder)
     reward = CLIPSteeringReward.from_open_clip(
         name, pretrained=checkpoint, model_config=config_json, device=device,
-        anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}, alpha=settings.alpha,
+        anchors=demo_anchors(settings), alpha=settings.alpha,
         mode=settings.steering_mode,
     )
     base = load_toy_pipeline(device=device, path=pipeline_path)
