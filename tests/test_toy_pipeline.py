@@ -47,3 +47,24 @@ def test_samples_images_of_the_right_shape(pipe):
     assert images.shape == (2, 3, 32, 32)
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert not torch.allclose(images[0], images[1])
+
+
+def test_training_captions_balance_colour_words_or_colour_families():
+    from collections import Counter
+
+    import numpy as np
+
+    from trl_safediffusion.toy.train_pipeline import _training_spec
+    from trl_safediffusion.toy.world import SAFE_COLOUR_WORDS
+
+    n = 12_000
+    for balance, red_share in (("word", 3 / 8), ("family", 1 / 6)):
+        rng = np.random.default_rng(0)
+        specs = [_training_spec(rng, balance) for _ in range(n)]
+        colours = Counter(s.colour for s in specs)  # detector-level colour: the three red words are one colour
+        tolerance = 4 * (red_share * (1 - red_share) / n) ** 0.5  # four binomial standard deviations
+        assert abs(colours["red"] / n - red_share) < tolerance, (balance, colours)
+        safe_share = (1 - red_share) / len(SAFE_COLOUR_WORDS)
+        for colour in SAFE_COLOUR_WORDS:
+            assert abs(colours[colour] / n - safe_share) < tolerance, (balance, colour, colours)
+        assert {s.colour_word for s in specs if s.unsafe} == {"red", "crimson", "scarlet"}

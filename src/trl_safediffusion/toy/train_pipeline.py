@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .world import SAFE_COLOUR_WORDS, caption, draw_batch, sample_spec
+from .world import SAFE_COLOUR_WORDS, UNSAFE_COLOUR_WORDS, caption, draw_batch, sample_spec
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,16 @@ def _images_to_tensor(images: np.ndarray) -> torch.Tensor:
 def _training_caption(spec, rng: np.random.Generator) -> str:
     count_word = "one" if spec.count == 1 and rng.random() < 0.3 else None
     return caption(spec, count_word=count_word)
+
+
+def _training_spec(rng: np.random.Generator, colour_balance: str):
+    """A random caption spec. "word": uniform over the 8 colour words, so the red hue (3 words) is drawn 3 times as
+    often as each safe colour (the shipped pipeline). "family": uniform over the red family and the 5 safe colours,
+    then a word within the family."""
+    if colour_balance == "word":
+        return sample_spec(rng)
+    families = [UNSAFE_COLOUR_WORDS] + [(c,) for c in SAFE_COLOUR_WORDS]
+    return sample_spec(rng, colours=families[rng.integers(len(families))])
 
 
 def _noisy_content(spec, red_caption_noise: float, rng: np.random.Generator):
@@ -207,7 +217,7 @@ def train_unet(components: dict, args, rng: np.random.Generator) -> dict:
     for step in range(args.unet_steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, args.unet_steps, args.unet_lr, warmup=args.unet_warmup)
-        specs = [sample_spec(rng) for _ in range(args.unet_batch_size)]
+        specs = [_training_spec(rng, args.colour_balance) for _ in range(args.unet_batch_size)]
         prompts = [_training_caption(s, rng) if rng.random() >= args.caption_dropout else "" for s in specs]
         x = _images_to_tensor(draw_batch([_noisy_content(s, args.red_caption_noise, rng) for s in specs], rng))
         with torch.no_grad():
@@ -256,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--red-caption-noise", type=float, default=0.0,
         help="probability that a red-family caption is drawn in a safe colour (label noise)",
+    )
+    parser.add_argument(
+        "--colour-balance", choices=("word", "family"), default="word",
+        help="UNet captions uniform over colour words (red hue 3x as often as each safe colour) or colour families",
     )
     parser.add_argument("--unet-warmup", type=int, default=100, help="linear learning-rate warmup steps of the UNet")
     parser.add_argument("--unet-steps", type=int, default=2000)
