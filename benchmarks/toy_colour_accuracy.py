@@ -24,23 +24,19 @@ import numpy as np
 from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
 from trl_safediffusion.toy.detectors import judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
-from trl_safediffusion.toy.world import prompt_sets
+from trl_safediffusion.toy.world import SAFE_COLOUR_WORDS, cycled_rows, prompt_row, prompt_sets, spec_from_row
 
 
 def swap_floor(pipe, settings: DemoSettings, images_per_split: int) -> None:
     """Red-family shape and count accuracy of `pipe` on the demo's red-family prompts and noise, per colour word."""
-    from trl_safediffusion.toy.world import SAFE_COLOUR_WORDS, caption, spec_from_row
-
     sets = prompt_sets()
     print(f"{'drawn as':8s} {'shape':>7s} {'count':>7s}")
     for colour in ("as asked",) + SAFE_COLOUR_WORDS:
         shape, count = [], []
         for split in ("eval_red", "eval_crimson", "eval_scarlet"):
-            rows = [dict(sets[split][i % len(sets[split])]) for i in range(images_per_split)]
+            rows = cycled_rows(sets[split], images_per_split)
             if colour != "as asked":
-                for row in rows:
-                    spec = spec_from_row({**row, "colour_word": colour})
-                    row.update(prompt=caption(spec), colour_word=colour, colour=spec.colour)
+                rows = [prompt_row(spec_from_row({**row, "colour_word": colour})) for row in rows]
             judged = judge(_sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1), rows)
             shape.append(judged["shape"].mean())
             count.append(judged["count"].mean())
@@ -55,15 +51,12 @@ def main():
     parser.add_argument("--swap", action="store_true", help="red-family prompts drawn in each safe colour (see above)")
     args = parser.parse_args()
     settings = DemoSettings()
-    if args.swap:
-        pipe = load_toy_pipeline(path=args.pipeline_path)
-        pipe.set_progress_bar_config(disable=True)
-        return swap_floor(pipe, settings, args.red_images)
-    sets = prompt_sets()
-    benign, red = sets["eval_benign"], sets["eval_red"]
-    rows = [benign[i % len(benign)] for i in range(args.benign_images)] + [red[i % len(red)] for i in range(args.red_images)]
     pipe = load_toy_pipeline(path=args.pipeline_path)
     pipe.set_progress_bar_config(disable=True)
+    if args.swap:
+        return swap_floor(pipe, settings, args.red_images)
+    sets = prompt_sets()
+    rows = cycled_rows(sets["eval_benign"], args.benign_images) + cycled_rows(sets["eval_red"], args.red_images)
     images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1)
     judged = judge(images, rows)
     shape, count = defaultdict(list), defaultdict(list)

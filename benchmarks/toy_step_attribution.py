@@ -16,7 +16,7 @@ import argparse
 from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
 from trl_safediffusion.toy.detectors import score
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
-from trl_safediffusion.toy.world import prompt_sets
+from trl_safediffusion.toy.world import cycled_rows, prompt_sets
 
 
 def main():
@@ -51,7 +51,7 @@ def main():
         pipe.unet = unet_for(0)
         metrics = {}
         for split in ("eval_benign", "eval_red"):
-            rows = [sets[split][i % len(sets[split])] for i in range(args.images)]
+            rows = cycled_rows(sets[split], args.images)
             images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
                                   callback_on_step_end=switch)
             metrics[split] = score(images, rows)

@@ -22,10 +22,13 @@ from trl_safediffusion.toy.world import (
     ShapeSpec,
     all_specs,
     caption,
+    cycled_rows,
     draw,
     draw_batch,
+    prompt_row,
     prompt_sets,
     sample_spec,
+    spec_from_row,
 )
 
 
@@ -143,3 +146,13 @@ def test_prompt_sets():
     assert set(row) == {"prompt", "unsafe", "colour", "shape", "count", "colour_word"}
     assert row["prompt"].split()[1] == "crimson"
     assert len(COLOUR_WORDS) >= 8
+
+
+def test_prompt_rows_and_cycling():
+    row = prompt_row(ShapeSpec("crimson", "triangle", 2))
+    assert row == {"prompt": "two crimson triangles", "unsafe": True, "colour": "red", "shape": "triangle", "count": 2,
+                   "colour_word": "crimson"}
+    assert spec_from_row(row) == ShapeSpec("crimson", "triangle", 2)
+    rows = prompt_sets()["eval_red"]
+    assert [r["prompt"] for r in cycled_rows(rows, 11)] == [r["prompt"] for r in rows + rows[:2]]
+    assert cycled_rows(rows, 0) == []

@@ -142,12 +142,12 @@ def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, **pipe_kwargs
 
 def _evaluate(pipe, settings: DemoSettings, reward=None) -> tuple[dict, dict]:
     from .detectors import score
-    from .world import prompt_sets
+    from .world import cycled_rows, prompt_sets
 
     sets = prompt_sets()
     metrics, images = {}, {}
     for split in EVAL_SPLITS:
-        rows = [sets[split][i % len(sets[split])] for i in range(settings.eval_images)]
+        rows = cycled_rows(sets[split], settings.eval_images)
         imgs = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1)
         m = score(imgs, rows)
         if reward is not None:

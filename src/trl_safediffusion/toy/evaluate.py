@@ -17,7 +17,7 @@ import torch
 
 from .detectors import score
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
-from .world import prompt_sets
+from .world import cycled_rows, prompt_sets
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def evaluate_pipeline(
     generator = torch.Generator("cpu").manual_seed(seed)
     report = {}
     for split in splits:
-        rows = [sets[split][i % len(sets[split])] for i in range(images_per_split)]
+        rows = cycled_rows(sets[split], images_per_split)
         start = time.time()
         images = sample_images(pipe, [r["prompt"] for r in rows], num_inference_steps, guidance_scale, batch_size, generator)
         report[split] = score(images, rows)

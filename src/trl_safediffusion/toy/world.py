@@ -8,6 +8,7 @@ is what [`~trl_safediffusion.toy.detectors.unsafe_fraction`] measures. Everythin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -159,7 +160,8 @@ def draw_batch(specs: list[ShapeSpec], rng: np.random.Generator, size: int = IMA
     return np.stack([draw(spec, rng, size=size) for spec in specs])
 
 
-def _row(spec: ShapeSpec, count_word: str | None = None) -> dict:
+def prompt_row(spec: ShapeSpec, count_word: str | None = None) -> dict:
+    """The prompt-set row of a spec: `prompt` (its caption), `unsafe`, `colour`, `shape`, `count` and `colour_word`."""
     return {
         "prompt": caption(spec, count_word=count_word),
         "unsafe": spec.unsafe,
@@ -184,12 +186,18 @@ def prompt_sets() -> dict[str, list[dict]]:
       (45, 9, 9 and 9). `crimson` and `scarlet` are held out of training.
     """
     return {
-        "train": [_row(s) for s in all_specs(SAFE_COLOUR_WORDS)] + [_row(s) for s in all_specs(("red",))],
-        "eval_benign": [_row(s) for s in all_specs(SAFE_COLOUR_WORDS)],
-        "eval_red": [_row(s) for s in all_specs(("red",))],
-        "eval_crimson": [_row(s) for s in all_specs(("crimson",))],
-        "eval_scarlet": [_row(s) for s in all_specs(("scarlet",))],
+        "train": [prompt_row(s) for s in all_specs(SAFE_COLOUR_WORDS)] + [prompt_row(s) for s in all_specs(("red",))],
+        "eval_benign": [prompt_row(s) for s in all_specs(SAFE_COLOUR_WORDS)],
+        "eval_red": [prompt_row(s) for s in all_specs(("red",))],
+        "eval_crimson": [prompt_row(s) for s in all_specs(("crimson",))],
+        "eval_scarlet": [prompt_row(s) for s in all_specs(("scarlet",))],
     }
+
+
+def cycled_rows(rows: Sequence[dict], n: int) -> list[dict]:
+    """`n` rows taken from `rows` in order, starting again from the first when they run out (how the demo and the
+    evaluation spread `n` images over a split's prompts)."""
+    return [rows[i % len(rows)] for i in range(n)]
 
 
 def spec_from_row(row: dict) -> ShapeSpec:
