@@ -18,8 +18,7 @@ import argparse
 import numpy as np
 import torch
 
-from trl_safediffusion.rewards import CLIPSteeringReward
-from trl_safediffusion.toy.clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, toy_clip_paths
+from trl_safediffusion.toy.clip import toy_steering_reward
 from trl_safediffusion.toy.detectors import judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import prompt_sets
@@ -49,13 +48,9 @@ def main():
           for name, key in (("all-correct", "all_correct"), ("shape", "shape"), ("count", "count"))}
     print(f"{len(rows)} benign prompts x {G} images (guidance {args.guidance:g}, {args.steps} steps, eta 1): "
           + ", ".join(f"{k} {v.mean():.1%}" for k, v in ok.items()))
-    name, config_json, checkpoint = toy_clip_paths(None)
     print(f"{'reward':24s} {'attribute':12s} {'mixed groups':>12s} {'advantage gap (std)':>20s} {'groups with gap > 0':>20s}")
     for mode, alpha in (("projection", 0.5), ("projection", 0.0)):
-        reward = CLIPSteeringReward.from_open_clip(
-            name, pretrained=checkpoint, model_config=config_json, alpha=alpha, mode=mode,
-            anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)},
-        )
+        reward = toy_steering_reward(alpha=alpha, mode=mode)
         r, _ = reward(images, [row["prompt"] for row in per_image], None)
         r = np.asarray(torch.as_tensor(r).double()).reshape(len(rows), G)
         adv = (r - r.mean(1, keepdims=True)) / (r.std(1, keepdims=True) + 1e-8)

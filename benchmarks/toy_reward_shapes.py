@@ -15,8 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from trl_safediffusion.rewards import CLIPSteeringReward
-from trl_safediffusion.toy.clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, toy_clip_paths
+from trl_safediffusion.toy.clip import toy_steering_reward
 from trl_safediffusion.toy.world import BACKGROUND_RGB, COUNT_WORDS, IMAGE_SIZE, PALETTE
 
 SHAPES = {"square": None, "rounded p=4": 4.0, "rounded p=3": 3.0, "rounded p=2.5": 2.5, "circle": 2.0}
@@ -46,11 +45,7 @@ def main() -> None:
     parser.add_argument("--word", default=None, help="colour word of the prompt (default: the drawn colour)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    name, config, checkpoint = toy_clip_paths(None)
-    reward = CLIPSteeringReward.from_open_clip(
-        name, pretrained=checkpoint, model_config=config, device="cpu", alpha=0.5, mode="projection",
-        anchors={"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)},
-    )
+    reward = toy_steering_reward(alpha=0.5, mode="projection")
     rng = np.random.default_rng(args.seed)
     print("prompt".ljust(24) + "".join(s.rjust(15) for s in SHAPES))
     for colour in args.colours.split(","):

@@ -97,3 +97,13 @@ def test_eval_args(tmp_path):
         parse_eval_args(["--metrics", "nudnet"])
     with pytest.raises(CLIError, match="q16 needs --q16_prompts"):
         parse_eval_args(["--metrics", "q16"])
+
+
+def test_toy_clip_backend_builds_the_toy_reward_with_the_given_steering():
+    from trl_safediffusion.cli import RewardArguments, build_clip_steering_reward
+
+    reward = build_clip_steering_reward(RewardArguments(clip_backend="toy", anchors="toy-red", alpha=0.3,
+                                                        steering_mode="translate"))
+    info = reward.describe()
+    assert info["model"] == "toy-clip" and info["alpha"] == 0.3 and info["mode"] == "translate"
+    assert info["anchors"]["name"] == "toy-red"

@@ -40,6 +40,24 @@ def test_paths_and_config():
     assert name == "toy-clip" and config.endswith(".json") and checkpoint.endswith(".safetensors")
 
 
+def test_toy_steering_reward_is_the_open_clip_reward_on_the_toy_anchors():
+    from trl_safediffusion.rewards import CLIPSteeringReward
+    from trl_safediffusion.toy import toy_anchors, toy_steering_reward
+
+    rng = np.random.default_rng(1)
+    specs = [sample_spec(rng) for _ in range(4)]
+    images = torch.from_numpy(draw_batch(specs, rng)).permute(0, 3, 1, 2).float() / 255
+    prompts = [caption(s) for s in specs]
+    name, config, checkpoint = toy_clip_paths()
+    by_hand = CLIPSteeringReward.from_open_clip(name, pretrained=checkpoint, model_config=config, anchors=toy_anchors(),
+                                                alpha=0.5, mode="projection")
+    expected, _ = by_hand(images, prompts, None)
+    got, _ = toy_steering_reward()(images, prompts, None)
+    torch.testing.assert_close(torch.as_tensor(got), torch.as_tensor(expected), rtol=0, atol=1e-6)
+    blue_only, _ = toy_steering_reward(anchors={"safe": ["blue shapes"], "unsafe": ["red shapes"]})(images, prompts, None)
+    assert not torch.allclose(torch.as_tensor(blue_only), torch.as_tensor(expected))  # `anchors` is used
+
+
 def test_true_caption_beats_wrong_colour_captions(clip):
     model, _, tokenizer = clip
     rng = np.random.default_rng(0)

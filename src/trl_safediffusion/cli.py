@@ -497,13 +497,11 @@ def build_clip_steering_reward(args: RewardArguments, device="cpu"):
     if args.clip_backend == "transformers":
         return CLIPSteeringReward.from_transformers(args.clip_model, device=device, **kwargs)
     try:
-        from .toy.clip import toy_clip_paths
+        from .toy.clip import toy_steering_reward
     except ImportError as err:
         raise CLIError("clip_backend='toy' needs trl_safediffusion.toy.clip, which is not available in this "
                        "installation") from err
-    name, config_path, checkpoint = toy_clip_paths()
-    return CLIPSteeringReward.from_open_clip(name, pretrained=checkpoint, model_config=config_path, device=device,
-                                             **kwargs)
+    return toy_steering_reward(device=device, **kwargs)
 
 
 def build_reward(args: RewardArguments, device="cpu"):

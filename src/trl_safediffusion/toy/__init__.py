@@ -1,7 +1,7 @@
 """The embedded toy world: a procedural generator of coloured shapes, exact detectors, and a shipped tiny
 Stable Diffusion pipeline and CLIP trained on it (see docs/toy_world.md)."""
 
-from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_clip_paths
+from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_anchors, toy_clip_paths, toy_steering_reward
 from .detectors import detect_batch, detect_objects, is_unsafe, judge, score, unsafe_fraction
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
 from .world import (
@@ -43,7 +43,9 @@ __all__ = [
     "prompt_sets",
     "sample_spec",
     "score",
+    "toy_anchors",
     "toy_clip_paths",
     "toy_pipeline_path",
     "unsafe_fraction",
+    "toy_steering_reward",
 ]

@@ -16,6 +16,11 @@ TOY_SAFE_ANCHORS: tuple[str, ...] = tuple(f"{c} shapes" for c in SAFE_COLOUR_WOR
 TOY_UNSAFE_ANCHORS: tuple[str, ...] = tuple(f"{c} shapes" for c in UNSAFE_COLOUR_WORDS)
 
 
+def toy_anchors() -> dict[str, list[str]]:
+    """The toy anchors as `CLIPSteeringReward` takes them: `{"safe": TOY_SAFE_ANCHORS, "unsafe": TOY_UNSAFE_ANCHORS}`."""
+    return {"safe": list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}
+
+
 def toy_clip_paths(folder: str | None = None) -> tuple[str, str, str]:
     """`(model_name, config_json_path, checkpoint_path)` of the toy CLIP (shipped, or in `folder` from train_clip)."""
     folder = folder if folder is not None else TOY_CLIP_DIR
@@ -47,3 +52,28 @@ def load_toy_clip(device: str = "cpu", folder: str | None = None):
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=checkpoint, device=device)
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def toy_steering_reward(
+    anchors=None, alpha: float = 0.5, mode: str = "projection", device: str = "cpu", folder: str | None = None,
+    **reward_kwargs,
+):
+    """The toy CLIP (shipped, or `folder` from train_clip) as a `CLIPSteeringReward`, through the regular open_clip
+    backend. The defaults are the toy demo's reward.
+
+    Args:
+        anchors (*optional*): anchors as `CLIPSteeringReward` takes them (a preset name, a file, or a dict with `safe`
+            and `unsafe` phrase lists); defaults to [`toy_anchors`].
+        alpha (`float`, *optional*, defaults to `0.5`): steering strength.
+        mode (`str`, *optional*, defaults to `"projection"`): steering mode ("projection" or "translate").
+        device (`str`, *optional*, defaults to `"cpu"`): where the CLIP runs.
+        folder (`str`, *optional*): a toy CLIP folder to use instead of the shipped one.
+        reward_kwargs: further `CLIPSteeringReward` arguments.
+    """
+    from ..rewards import CLIPSteeringReward
+
+    name, config, checkpoint = toy_clip_paths(folder)
+    return CLIPSteeringReward.from_open_clip(
+        name, pretrained=checkpoint, model_config=config, device=device, anchors=toy_anchors() if anchors is None else anchors, alpha=alpha, mode=mode,
+        **reward_kwargs,
+    )

@@ -118,10 +118,11 @@ class DemoSettings:
 
 def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
     """The reward's anchors: `settings.safe_anchors` (comma-separated) or the toy safe anchors, and the toy unsafe ones."""
-    from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS
+    from .clip import toy_anchors
 
+    anchors = toy_anchors()
     safe = [a.strip() for a in settings.safe_anchors.split(",") if a.strip()]
-    return {"safe": safe or list(TOY_SAFE_ANCHORS), "unsafe": list(TOY_UNSAFE_ANCHORS)}
+    return {**anchors, "safe": safe or anchors["safe"]}
 
 
 def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, **pipe_kwargs):
@@ -240,8 +241,7 @@ def run_demo(
     from ..grpo_config import SafeDDPOGRPOConfig
     from ..grpo_trainer import SafeDDPOGRPOTrainer
     from ..pipelines import DefaultDDPOStableDiffusionPipeline
-    from ..rewards import CLIPSteeringReward
-    from .clip import toy_clip_paths
+    from .clip import toy_steering_reward
     from .pipeline import load_toy_pipeline
     from .world import prompt_sets
 
@@ -278,12 +278,8 @@ def run_demo(
         logdir=os.path.join(output_dir, "runs"),
         exp_name="toy-demo",
     )
-    name, config_json, checkpoint = toy_clip_paths(clip_folder)
-    reward = CLIPSteeringReward.from_open_clip(
-        name, pretrained=checkpoint, model_config=config_json, device=device,
-        anchors=demo_anchors(settings), alpha=settings.alpha,
-        mode=settings.steering_mode,
-    )
+    reward = toy_steering_reward(demo_anchors(settings), alpha=settings.alpha, mode=settings.steering_mode,
+                                 device=device, folder=clip_folder)
     base = load_toy_pipeline(device=device, path=pipeline_path)
     base.set_progress_bar_config(disable=True)
     logger.info("evaluating the pretrained toy pipeline (%d images per split)", settings.eval_images)
