@@ -5,7 +5,9 @@
 Draws `--images` images (every shape and count, the same layouts in every row) and scores them against the `red`
 prompt of their shape and count ("two red triangles") with the demo's reward (toy CLIP, projection steering, alpha
 0.5). Rows: the objects in each colour of the toy palette; in red, cyan and blue faded towards the background
-(object colour = background + f * (colour - background)); in greys; and the empty background. Then, for each safe
+(object colour = background + f * (colour - background)); in greys; and the empty background. Then 2, 3 and 4
+objects (the toy world never has 4) for the prompts "three red <shape>s" drawn in cyan, and for "three cyan
+<shape>s" drawn in cyan. Then, for each safe
 anchor set in `--anchor-sets` (`+`-separated safe colours, e.g. `yellow+purple`; `all` is the toy default), the
 reward of each colour. docs/toy_world.md quotes it: GRPO only ranks the images in a group, so whatever scores above
 red in this table is what the policy can be pushed towards, including faded and grey objects that the detectors do
@@ -20,7 +22,17 @@ import numpy as np
 import torch
 
 from trl_safediffusion.toy.clip import TOY_UNSAFE_ANCHORS, toy_anchors, toy_steering_reward
-from trl_safediffusion.toy.world import BACKGROUND_RGB, COUNT_WORDS, PALETTE, SHAPES, ShapeSpec, draw, prompt_row
+from trl_safediffusion.toy.world import (
+    BACKGROUND_RGB,
+    COUNT_WORDS,
+    IMAGE_SIZE,
+    PALETTE,
+    SHAPES,
+    ShapeSpec,
+    _shape_mask,
+    draw,
+    prompt_row,
+)
 
 
 def layouts(n: int) -> list[tuple[str, int]]:
@@ -33,6 +45,20 @@ def drawn(colour: str, n: int) -> np.ndarray:
     """float64 (n, 32, 32, 3): image k drawn with rng seed k, so every colour has the same layouts."""
     return np.stack([draw(ShapeSpec(colour, shape, count), np.random.default_rng(k))
                      for k, (shape, count) in enumerate(layouts(n))]).astype(np.float64)
+
+
+def drawn_n(colour: str, shape: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """float64 (32, 32, 3): `n` separate objects (any n, unlike `ShapeSpec`) with the toy world's sizes and gaps."""
+    image = np.tile(np.asarray(BACKGROUND_RGB, dtype=np.float64), (IMAGE_SIZE, IMAGE_SIZE, 1))
+    placed: list[tuple[float, float, float]] = []
+    while len(placed) < n:
+        radius = rng.uniform(3.5, 6.0)
+        cy, cx = rng.uniform(radius + 1.0, IMAGE_SIZE - radius - 1.0, size=2)
+        if any(abs(cy - py) < radius + pr + 2 and abs(cx - px) < radius + pr + 2 for py, px, pr in placed):
+            continue
+        image[_shape_mask(shape, cy, cx, radius, IMAGE_SIZE)] = PALETTE[colour]
+        placed.append((cy, cx, radius))
+    return image
 
 
 def mean_reward(reward, images: np.ndarray, prompts: list[str]) -> float:
@@ -65,6 +91,15 @@ def main():
         images[objects] = grey
         print(f"  {f'grey {grey}':22s} {mean_reward(reward, images, prompts):7.3f}")
     print(f"  {'empty background':22s} {mean_reward(reward, np.broadcast_to(background, red.shape).copy(), prompts):7.3f}")
+
+    print("\nobjects drawn in cyan".ljust(36) + "".join(f"{k} objects".rjust(11) for k in (2, 3, 4)))
+    rng = np.random.default_rng(0)
+    for word in ("red", "cyan"):
+        for shape in SHAPES:
+            prompt = f"three {word} {shape}s"
+            row = [mean_reward(reward, np.stack([drawn_n("cyan", shape, k, rng) for _ in range(n)]), [prompt] * n)
+                   for k in (2, 3, 4)]
+            print(f"  {prompt:33s}" + "".join(f"{r:11.3f}" for r in row))
 
     colours = [c for c in PALETTE if c not in ("crimson", "scarlet")]
     print("\nsafe anchors".ljust(36) + "".join(c.rjust(8) for c in colours))
