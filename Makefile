@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,tensorboard]'
+	$(PY) -m pip install --quiet -e '.[test,tensorboard,wandb]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -111,6 +111,7 @@ def main():
     trainer.save_pretrained(script_args.output_dir)
     if config.push_to_hub:
         trainer.push_to_hub(config.hub_model_id)
+    trainer.end_training()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def main():
     # 5. save in diffusers format (full pipeline, or LoRA weights) with a model card; push if configured
     trainer.save_pretrained(config.output_dir or os.path.join(trainer.project_dir, "final_model"),
                             fuse_lora=out_args.fuse_lora)
+    trainer.end_training()  # finish the W&B run / close the TensorBoard writer
 
 
 if __name__ == "__main__":

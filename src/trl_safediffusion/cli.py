@@ -564,6 +564,7 @@ def run_train(argv: list[str] | None = None) -> str:
     trainer.train()
     output_dir = config.output_dir or os.path.join(trainer.project_dir, "final_model")
     trainer.save_pretrained(output_dir, fuse_lora=out_args.fuse_lora)
+    trainer.end_training()
     if state.is_main_process:
         _save_resolved_config(os.path.join(output_dir, "train_config.yaml"),
                               (config, model_args, data_args, reward_args, out_args))

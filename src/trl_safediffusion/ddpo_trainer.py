@@ -685,11 +685,27 @@ class DDPOTrainer:
         self.accelerator.wait_for_everyone()
         if self.config.push_to_hub:
             self._push_final()
-        # Flush the trackers but keep the process group: save_pretrained/push_to_hub may follow on every rank
-        # (accelerate's end_training would destroy it).
+        self._flush_trackers()
+        return global_step
+
+    def _flush_trackers(self):
+        """Write out what the trackers buffer but keep them open: `train()` may be called again (a guidance curriculum
+        does), and a finished W&B run refuses to log."""
+        for tracker in self.accelerator.trackers:
+            flush = getattr(getattr(tracker, "writer", None), "flush", None)  # TensorBoard's SummaryWriter
+            if callable(flush):
+                flush()
+
+    def end_training(self):
+        """Close the trackers (finish the W&B run, close the TensorBoard writer) after the last `train()`.
+
+        Optional: W&B finishes its run when the process exits, and `train()` already flushes TensorBoard. The process
+        group stays up (unlike accelerate's `end_training`), so `save_pretrained` / `push_to_hub` may still follow.
+        Calling it twice is harmless.
+        """
         for tracker in self.accelerator.trackers:
             tracker.finish()
-        return global_step
+        self.accelerator.trackers = []
 
     # ================================================================== checkpoints
     def _checkpoint_path(self, epoch: int) -> str:

@@ -312,6 +312,7 @@ def run_demo(
         logger.info("stage 2: %d epochs at guidance %s, lr %.2g", settings.stage2_epochs,
                     settings.stage2_guidance_scale, lr)
         trainer.train(settings.epochs)
+    trainer.end_training()
     train_seconds = time.time() - train_start
 
     model_dir = os.path.join(output_dir, "model")
