@@ -31,6 +31,7 @@ from trl_safediffusion.toy.world import (
     ShapeSpec,
     _shape_mask,
     draw,
+    place_objects,
     prompt_row,
 )
 
@@ -50,14 +51,8 @@ def drawn(colour: str, n: int) -> np.ndarray:
 def drawn_n(colour: str, shape: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """float64 (32, 32, 3): `n` separate objects (any n, unlike `ShapeSpec`) with the toy world's sizes and gaps."""
     image = np.tile(np.asarray(BACKGROUND_RGB, dtype=np.float64), (IMAGE_SIZE, IMAGE_SIZE, 1))
-    placed: list[tuple[float, float, float]] = []
-    while len(placed) < n:
-        radius = rng.uniform(3.5, 6.0)
-        cy, cx = rng.uniform(radius + 1.0, IMAGE_SIZE - radius - 1.0, size=2)
-        if any(abs(cy - py) < radius + pr + 2 and abs(cx - px) < radius + pr + 2 for py, px, pr in placed):
-            continue
+    for cy, cx, radius in place_objects(n, rng):
         image[_shape_mask(shape, cy, cx, radius, IMAGE_SIZE)] = PALETTE[colour]
-        placed.append((cy, cx, radius))
     return image
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from trl_safediffusion.toy.clip import toy_steering_reward
-from trl_safediffusion.toy.world import BACKGROUND_RGB, COUNT_WORDS, IMAGE_SIZE, PALETTE
+from trl_safediffusion.toy.world import BACKGROUND_RGB, COUNT_WORDS, IMAGE_SIZE, PALETTE, place_objects
 
 SHAPES = {"square": None, "rounded p=4": 4.0, "rounded p=3": 3.0, "rounded p=2.5": 2.5, "circle": 2.0}
 
@@ -25,16 +25,10 @@ def draw(colour: str, exponent: float | None, count: int, rng: np.random.Generat
     """`count` separate objects |dy/r|^p + |dx/r|^p <= 1 (a square when `exponent` is None) on the background."""
     yy, xx = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float64) + 0.5
     image = np.tile(np.asarray(BACKGROUND_RGB, dtype=np.float64), (IMAGE_SIZE, IMAGE_SIZE, 1))
-    placed: list[tuple[float, float, float]] = []
-    while len(placed) < count:
-        r = rng.uniform(3.5, 6.0)
-        cy, cx = rng.uniform(r + 1, IMAGE_SIZE - r - 1, size=2)
-        if any(abs(cy - py) < r + pr + 2 and abs(cx - px) < r + pr + 2 for py, px, pr in placed):
-            continue
+    for cy, cx, r in place_objects(count, rng):
         dy, dx = np.abs(yy - cy) / r, np.abs(xx - cx) / r
         mask = np.maximum(dy, dx) <= 1 if exponent is None else dy**exponent + dx**exponent <= 1
         image[mask] = PALETTE[colour]
-        placed.append((cy, cx, r))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 

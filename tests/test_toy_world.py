@@ -25,6 +25,7 @@ from trl_safediffusion.toy.world import (
     cycled_rows,
     draw,
     draw_batch,
+    place_objects,
     prompt_row,
     prompt_sets,
     sample_spec,
@@ -51,6 +52,28 @@ def test_draw_is_seeded_and_has_the_right_format():
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, draw(spec, np.random.default_rng(8)))
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_place_objects_keeps_objects_inside_and_apart(count):
+    rng = np.random.default_rng(count)
+    for _ in range(50):
+        placed = place_objects(count, rng)
+        assert len(placed) == count
+        for i, (cy, cx, r) in enumerate(placed):
+            assert 3.5 <= r < 6.0
+            assert r + 1.0 <= cy <= 32 - r - 1.0 and r + 1.0 <= cx <= 32 - r - 1.0
+            for py, px, pr in placed[:i]:  # bounding boxes at least 2 pixels apart along some axis
+                assert abs(cy - py) >= r + pr + 2 or abs(cx - px) >= r + pr + 2
+    # draw lays its objects out with it: the same rng state gives the objects' centres in the drawn image
+    spec = ShapeSpec("blue", "square", 2)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    rng_b.uniform(-6, 6), rng_b.uniform(0.9, 1.05), rng_b.uniform(-8, 8, size=3)  # draw's colour draws come first
+    image = draw(spec, rng_a)
+    for cy, cx, _ in place_objects(2, rng_b):
+        assert np.abs(image[int(cy), int(cx)].astype(int) - BACKGROUND_RGB).max() > 40
+    with pytest.raises(ValueError, match="count"):
+        place_objects(0, rng)
 
 
 def test_detectors_are_exact_on_every_combination():

@@ -130,29 +130,48 @@ def draw(spec: ShapeSpec, rng: np.random.Generator, size: int = IMAGE_SIZE, max_
     Returns:
         `numpy.ndarray`: uint8 image of shape (size, size, 3).
     """
-    scale = size / IMAGE_SIZE
     image = np.empty((size, size, 3), dtype=np.float64)
     image[:] = np.asarray(BACKGROUND_RGB, dtype=np.float64) + rng.uniform(-6, 6)
     base = np.asarray(PALETTE[spec.colour_word], dtype=np.float64)
     colour = np.clip(base * rng.uniform(0.9, 1.05) + rng.uniform(-8, 8, size=3), 0, 255)
+    occupied = np.zeros((size, size), dtype=bool)
+    for cy, cx, radius in place_objects(spec.count, rng, size=size, max_tries=max_tries):
+        occupied |= _shape_mask(spec.shape, cy, cx, radius, size)
+    image[occupied] = colour
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def place_objects(
+    count: int, rng: np.random.Generator, size: int = IMAGE_SIZE, max_tries: int = 200
+) -> list[tuple[float, float, float]]:
+    """Centres and radii `(cy, cx, radius)` of `count` objects laid out by the world's rules (what `draw` uses).
+
+    Radii are uniform in [3.5, 6) pixels (scaled with `size`), every object stays a pixel inside the image, and the
+    bounding boxes of any two keep a gap of at least 2 pixels, so the objects are separate connected components.
+    Any `count` >= 1 works (the world's captions stop at three; benchmarks draw a fourth).
+
+    Args:
+        count (`int`): number of objects.
+        rng (`numpy.random.Generator`): randomness.
+        size (`int`, *optional*, defaults to `32`): image side in pixels.
+        max_tries (`int`, *optional*, defaults to `200`): placement attempts before the whole layout is redrawn.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    scale = size / IMAGE_SIZE
     while True:
         placed: list[tuple[float, float, float]] = []
-        occupied = np.zeros((size, size), dtype=bool)
         for _ in range(max_tries):
-            if len(placed) == spec.count:
+            if len(placed) == count:
                 break
             radius = rng.uniform(3.5, 6.0) * scale
             margin = radius + 1.0
             cy, cx = rng.uniform(margin, size - margin, size=2)
-            # Objects must stay separate components: their bounding boxes keep a gap of >= 2 pixels.
             if any(abs(cy - py) < radius + pr + 2 and abs(cx - px) < radius + pr + 2 for py, px, pr in placed):
                 continue
-            occupied |= _shape_mask(spec.shape, cy, cx, radius, size)
-            placed.append((cy, cx, radius))
-        if len(placed) == spec.count:
-            break
-    image[occupied] = colour
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+            placed.append((float(cy), float(cx), float(radius)))
+        if len(placed) == count:
+            return placed
 
 
 def draw_batch(specs: list[ShapeSpec], rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
