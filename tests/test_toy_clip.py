@@ -1,5 +1,7 @@
 """The shipped toy CLIP loads through open_clip with no network and knows colour, and the red family."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,58 @@ def test_red_family_words_embed_near_red(clip):
     sims = dict(zip(COLOUR_WORDS, (z @ z[0]).tolist()))
     nearest_safe = max(sims[c] for c in COLOUR_WORDS if colour_family(c) != "red")
     assert sims["crimson"] > nearest_safe and sims["scarlet"] > nearest_safe, sims
+
+
+def test_hard_negatives_match_their_keys():
+    from trl_safediffusion.toy.detectors import detect_objects
+    from trl_safediffusion.toy.train_clip import HARD_NEGATIVE_KINDS, consistency, hard_negative
+    from trl_safediffusion.toy.world import BACKGROUND_RGB
+
+    rng = np.random.default_rng(0)
+    caption_keys = [("blue", "triangle", 3), ("blue", "triangle", None), (None, "triangle", 3), ("blue", None, None),
+                    (None, "triangle", 2)]
+    for _ in range(20):
+        image, key = hard_negative("four", rng)
+        found = detect_objects(image)
+        assert key.count == "4" and found == [(key.colour, key.shape)] * 4
+        image, key = hard_negative("grey", rng)
+        differs = np.abs(image.astype(int) - BACKGROUND_RGB).max(axis=-1) > 30
+        assert key.colour == "grey" and detect_objects(image) == [] and differs.sum() >= 6 * int(key.count)
+        image, key = hard_negative("empty", rng)
+        assert detect_objects(image) == [] and np.abs(image.astype(int) - BACKGROUND_RGB).max() <= 7
+    match = consistency(caption_keys, [_Key("blue", "triangle", "4"), _Key("grey", "triangle", "2"), _Key("none", "none", "0")])
+    # four blue triangles: "blue triangles" and "blue shapes", no caption with a count; two grey triangles: only the
+    # colourless "two triangles"; the empty image: nothing
+    np.testing.assert_array_equal(match.numpy(), [[0, 1, 0, 1, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="kind"):
+        hard_negative("five", rng)
+    assert set(HARD_NEGATIVE_KINDS) == {"four", "grey", "empty"}
+
+
+def _Key(colour, shape, count):
+    from trl_safediffusion.toy.train_clip import _Key as Key
+
+    return Key(colour, shape, count)
+
+
+def test_train_clip_fine_tunes_from_init_with_hard_negatives(tmp_path):
+    from safetensors.torch import load_file
+
+    from trl_safediffusion.toy.train_clip import main
+
+    shipped = toy_clip_paths()[2]
+    folder = os.path.dirname(shipped)
+    # lr 0: the weights written are the init weights, so --init really loads them (fp16 in, fp16 out, exactly)
+    main(["--out", str(tmp_path / "same"), "--init", folder, "--steps", "2", "--batch-size", "16", "--lr", "0",
+          "--hard-negatives", "0.5", "--half", "--threads", "1"])
+    before, after = load_file(shipped), load_file(str(tmp_path / "same" / "toy-clip.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a real step with every kind of hard negative changes them
+    main(["--out", str(tmp_path / "tuned"), "--init", folder, "--steps", "2", "--batch-size", "16", "--lr", "1e-3",
+          "--hard-negatives", "0.5", "--hard-negative-kinds", "four,grey,empty", "--half", "--threads", "1"])
+    tuned = load_file(str(tmp_path / "tuned" / "toy-clip.safetensors"))
+    assert any(not torch.equal(before[k], tuned[k]) for k in before if before[k].is_floating_point())
+    assert all(torch.isfinite(v.float()).all() for v in tuned.values())
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "bad"), "--steps", "1", "--hard-negatives", "0.5", "--hard-negative-kinds", "six"])

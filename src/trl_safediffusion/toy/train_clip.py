@@ -9,6 +9,12 @@ targets). This makes the text tower embed `crimson` and `scarlet` next to `red`,
     python -m trl_safediffusion.toy.train_clip --out toy_clip --seed 0
 
 writes `<out>/toy-clip.json` (the open_clip config) and `<out>/toy-clip.safetensors`.
+
+`--hard-negatives F` adds `F * batch_size` images per step that the world never draws but a policy under RL can:
+four objects (consistent only with captions that name no count), grey objects (only with captions that name no
+colour) and the empty background (consistent with no caption, so only a negative). A reward model that has never seen
+them scores them by extrapolation; the demo's policy found that the shipped CLIP pays more for four safe-coloured
+objects than for the three a `red` prompt asks for, and for grey objects over red ones (docs/toy_world.md).
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from .clip import TOY_CLIP_NAME
-from .world import COUNT_WORDS, colour_family, draw_batch, sample_spec
+from .world import (
+    BACKGROUND_RGB,
+    COUNT_WORDS,
+    IMAGE_SIZE,
+    PALETTE,
+    _shape_mask,
+    colour_family,
+    draw_batch,
+    place_objects,
+    sample_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +81,40 @@ def consistency(keys: list[tuple], specs: list) -> torch.Tensor:
     return torch.from_numpy(match.all(-1).astype(np.float32))
 
 
+HARD_NEGATIVE_KINDS = ("four", "grey", "empty")
+
+
+class _Key:
+    """What `consistency` reads of an image: detector-level colour, shape and count (strings may be off-world)."""
+
+    def __init__(self, colour: str, shape: str, count: str):
+        self.colour, self.shape, self.count = colour, shape, count
+
+
+def hard_negative(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, _Key]:
+    """A uint8 (32, 32, 3) image of `kind` (one of `HARD_NEGATIVE_KINDS`) and its key for `consistency`.
+
+    "four": four objects of one shape and world colour (matches captions without a count); "grey": 1-3 objects of a
+    grey level in [50, 200] (matches captions without a colour); "empty": the background alone (matches none).
+    """
+    if kind not in HARD_NEGATIVE_KINDS:
+        raise ValueError(f"kind must be one of {HARD_NEGATIVE_KINDS}, got {kind!r}")
+    spec = sample_spec(rng)
+    image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float64)
+    image[:] = np.asarray(BACKGROUND_RGB, dtype=np.float64) + rng.uniform(-6, 6)
+    if kind == "empty":
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8), _Key("none", "none", "0")
+    if kind == "four":
+        count, colour = 4, colour_family(spec.colour_word)
+        rgb = np.clip(np.asarray(PALETTE[spec.colour_word], dtype=np.float64) * rng.uniform(0.9, 1.05), 0, 255)
+    else:
+        count, colour = spec.count, "grey"
+        rgb = np.full(3, rng.uniform(50, 200))
+    for cy, cx, radius in place_objects(count, rng):
+        image[_shape_mask(spec.shape, cy, cx, radius, IMAGE_SIZE)] = rgb
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), _Key(colour, spec.shape, str(count))
+
+
 def main(argv: list[str] | None = None) -> None:
     import open_clip
 
@@ -76,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--half", action="store_true", help="store fp16 weights")
+    parser.add_argument("--hard-negatives", type=float, default=0.0,
+                        help="extra off-world images per step, as a fraction of the batch (see above); 0 disables")
+    parser.add_argument("--hard-negative-kinds", default=",".join(HARD_NEGATIVE_KINDS),
+                        help=f"comma-separated kinds of --hard-negatives, of {HARD_NEGATIVE_KINDS}")
+    parser.add_argument("--init", default=None, help="start from this toy CLIP folder's weights (fine-tuning)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -88,6 +143,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model, _, preprocess = open_clip.create_model_and_transforms(TOY_CLIP_NAME)
     tokenizer = open_clip.get_tokenizer(TOY_CLIP_NAME)
+    if args.init:
+        from safetensors.torch import load_file
+
+        state = load_file(os.path.join(args.init, f"{TOY_CLIP_NAME}.safetensors"))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    if not 0.0 <= args.hard_negatives <= 1.0:
+        parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
+    n_hard = int(round(args.hard_negatives * args.batch_size))
+    kinds = [k.strip() for k in args.hard_negative_kinds.split(",") if k.strip()]
+    if n_hard and (not kinds or any(k not in HARD_NEGATIVE_KINDS for k in kinds)):
+        parser.error(f"--hard-negative-kinds must name some of {HARD_NEGATIVE_KINDS}, got {args.hard_negative_kinds!r}")
     logger.info("parameters: %.2fM", sum(p.numel() for p in model.parameters()) / 1e6)
     mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
@@ -102,12 +168,21 @@ def main(argv: list[str] | None = None) -> None:
             group["lr"] = lr
         specs = [sample_spec(rng) for _ in range(args.batch_size)]
         captions, keys = zip(*(training_caption(s, rng) for s in specs))
-        images = torch.from_numpy(draw_batch(specs, rng)).permute(0, 3, 1, 2).float() / 255.0
+        drawn = draw_batch(specs, rng)
+        image_keys = list(specs)
+        if n_hard:
+            extra = [hard_negative(kinds[rng.integers(len(kinds))], rng) for _ in range(n_hard)]
+            drawn = np.concatenate([drawn, np.stack([image for image, _ in extra])])
+            image_keys += [key for _, key in extra]
+        images = torch.from_numpy(drawn).permute(0, 3, 1, 2).float() / 255.0
         image_features = F.normalize(model.encode_image((images - mean) / std), dim=-1)
         text_features = F.normalize(model.encode_text(tokenizer(list(captions))), dim=-1)
         logits = model.logit_scale.exp() * image_features @ text_features.T  # (B_img, B_txt)
-        target = consistency(list(keys), specs)
-        loss_i = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+        target = consistency(list(keys), image_keys)
+        # image -> caption over the images that some caption describes (an empty image has none)
+        has_positive = target.sum(1) > 0
+        t_i = target[has_positive]
+        loss_i = -(t_i / t_i.sum(1, keepdim=True) * logits[has_positive].log_softmax(1)).sum(1).mean()
         loss_t = -(target.T / target.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
         loss = 0.5 * (loss_i + loss_t)
         optimizer.zero_grad(set_to_none=True)
