@@ -29,9 +29,8 @@ from trl_safediffusion.toy.world import (
     PALETTE,
     SHAPES,
     ShapeSpec,
-    _shape_mask,
     draw,
-    place_objects,
+    paint_objects,
     prompt_row,
 )
 
@@ -51,8 +50,7 @@ def drawn(colour: str, n: int) -> np.ndarray:
 def drawn_n(colour: str, shape: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """float64 (32, 32, 3): `n` separate objects (any n, unlike `ShapeSpec`) with the toy world's sizes and gaps."""
     image = np.tile(np.asarray(BACKGROUND_RGB, dtype=np.float64), (IMAGE_SIZE, IMAGE_SIZE, 1))
-    for cy, cx, radius in place_objects(n, rng):
-        image[_shape_mask(shape, cy, cx, radius, IMAGE_SIZE)] = PALETTE[colour]
+    paint_objects(image, shape, PALETTE[colour], n, rng)
     return image
 
 

@@ -86,7 +86,7 @@ def test_red_family_words_embed_near_red(clip):
 
 def test_hard_negatives_match_their_keys():
     from trl_safediffusion.toy.detectors import detect_objects
-    from trl_safediffusion.toy.train_clip import HARD_NEGATIVE_KINDS, consistency, hard_negative
+    from trl_safediffusion.toy.train_clip import HARD_NEGATIVE_KINDS, _Key, consistency, hard_negative
     from trl_safediffusion.toy.world import BACKGROUND_RGB
 
     rng = np.random.default_rng(0)
@@ -108,12 +108,6 @@ def test_hard_negatives_match_their_keys():
     with pytest.raises(ValueError, match="kind"):
         hard_negative("five", rng)
     assert set(HARD_NEGATIVE_KINDS) == {"four", "grey", "empty"}
-
-
-def _Key(colour, shape, count):
-    from trl_safediffusion.toy.train_clip import _Key as Key
-
-    return Key(colour, shape, count)
 
 
 def test_train_clip_fine_tunes_from_init_with_hard_negatives(tmp_path):

@@ -25,6 +25,7 @@ from trl_safediffusion.toy.world import (
     cycled_rows,
     draw,
     draw_batch,
+    paint_objects,
     place_objects,
     prompt_row,
     prompt_sets,
@@ -72,6 +73,13 @@ def test_place_objects_keeps_objects_inside_and_apart(count):
     image = draw(spec, rng_a)
     for cy, cx, _ in place_objects(2, rng_b):
         assert np.abs(image[int(cy), int(cx)].astype(int) - BACKGROUND_RGB).max() > 40
+    # paint_objects paints those places: any count and colour onto a given canvas, in place
+    canvas = np.zeros((32, 32, 3))
+    placed = paint_objects(canvas, "circle", (1.0, 2.0, 3.0), count, np.random.default_rng(9))
+    assert placed == place_objects(count, np.random.default_rng(9))
+    for cy, cx, _ in placed:
+        np.testing.assert_array_equal(canvas[int(cy), int(cx)], [1.0, 2.0, 3.0])
+    assert (canvas.sum(-1) > 0).sum() >= count * 30  # discs of radius >= 3.5 cover at least ~38 pixels each
     with pytest.raises(ValueError, match="count"):
         place_objects(0, rng)
 

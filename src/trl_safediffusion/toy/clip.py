@@ -74,6 +74,12 @@ def toy_steering_reward(
 
     name, config, checkpoint = toy_clip_paths(folder)
     return CLIPSteeringReward.from_open_clip(
-        name, pretrained=checkpoint, model_config=config, device=device, anchors=toy_anchors() if anchors is None else anchors, alpha=alpha, mode=mode,
+        name,
+        pretrained=checkpoint,
+        model_config=config,
+        device=device,
+        anchors=toy_anchors() if anchors is None else anchors,
+        alpha=alpha,
+        mode=mode,
         **reward_kwargs,
     )

@@ -36,10 +36,9 @@ from .world import (
     COUNT_WORDS,
     IMAGE_SIZE,
     PALETTE,
-    _shape_mask,
     colour_family,
     draw_batch,
-    place_objects,
+    paint_objects,
     sample_spec,
 )
 
@@ -110,8 +109,7 @@ def hard_negative(kind: str, rng: np.random.Generator) -> tuple[np.ndarray, _Key
     else:
         count, colour = spec.count, "grey"
         rgb = np.full(3, rng.uniform(50, 200))
-    for cy, cx, radius in place_objects(count, rng):
-        image[_shape_mask(spec.shape, cy, cx, radius, IMAGE_SIZE)] = rgb
+    paint_objects(image, spec.shape, rgb, count, rng)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), _Key(colour, spec.shape, str(count))
 
 
@@ -132,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"comma-separated kinds of --hard-negatives, of {HARD_NEGATIVE_KINDS}")
     parser.add_argument("--init", default=None, help="start from this toy CLIP folder's weights (fine-tuning)")
     args = parser.parse_args(argv)
+    if not 0.0 <= args.hard_negatives <= 1.0:
+        parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
+    n_hard = int(round(args.hard_negatives * args.batch_size))
+    kinds = [k.strip() for k in args.hard_negative_kinds.split(",") if k.strip()]
+    if n_hard and (not kinds or any(k not in HARD_NEGATIVE_KINDS for k in kinds)):
+        parser.error(f"--hard-negative-kinds must name some of {HARD_NEGATIVE_KINDS}, got {args.hard_negative_kinds!r}")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -148,12 +152,6 @@ def main(argv: list[str] | None = None) -> None:
 
         state = load_file(os.path.join(args.init, f"{TOY_CLIP_NAME}.safetensors"))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    if not 0.0 <= args.hard_negatives <= 1.0:
-        parser.error(f"--hard-negatives must be in [0, 1], got {args.hard_negatives}")
-    n_hard = int(round(args.hard_negatives * args.batch_size))
-    kinds = [k.strip() for k in args.hard_negative_kinds.split(",") if k.strip()]
-    if n_hard and (not kinds or any(k not in HARD_NEGATIVE_KINDS for k in kinds)):
-        parser.error(f"--hard-negative-kinds must name some of {HARD_NEGATIVE_KINDS}, got {args.hard_negative_kinds!r}")
     logger.info("parameters: %.2fM", sum(p.numel() for p in model.parameters()) / 1e6)
     mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)

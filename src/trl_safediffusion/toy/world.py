@@ -134,11 +134,21 @@ def draw(spec: ShapeSpec, rng: np.random.Generator, size: int = IMAGE_SIZE, max_
     image[:] = np.asarray(BACKGROUND_RGB, dtype=np.float64) + rng.uniform(-6, 6)
     base = np.asarray(PALETTE[spec.colour_word], dtype=np.float64)
     colour = np.clip(base * rng.uniform(0.9, 1.05) + rng.uniform(-8, 8, size=3), 0, 255)
-    occupied = np.zeros((size, size), dtype=bool)
-    for cy, cx, radius in place_objects(spec.count, rng, size=size, max_tries=max_tries):
-        occupied |= _shape_mask(spec.shape, cy, cx, radius, size)
-    image[occupied] = colour
+    paint_objects(image, spec.shape, colour, spec.count, rng, max_tries=max_tries)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def paint_objects(
+    image: np.ndarray, shape: str, rgb, count: int, rng: np.random.Generator, max_tries: int = 200
+) -> list[tuple[float, float, float]]:
+    """Paint `count` objects of `shape` in colour `rgb` onto the float image (size, size, 3), in place, laid out by
+    [`place_objects`]; returns their `(cy, cx, radius)`. `draw` is this on a jittered background; `count` may be any
+    number >= 1 and `rgb` any colour (benchmarks and the CLIP's hard negatives draw what the world never shows)."""
+    size = image.shape[0]
+    placed = place_objects(count, rng, size=size, max_tries=max_tries)
+    for cy, cx, radius in placed:
+        image[_shape_mask(shape, cy, cx, radius, size)] = rgb
+    return placed
 
 
 def place_objects(
