@@ -7,8 +7,10 @@ import torch
 from trl_safediffusion.toy.detectors import (
     connected_components,
     detect_objects,
+    foreground_mask,
     is_unsafe,
     judge,
+    object_regions,
     score,
     to_uint8_images,
     unsafe_fraction,
@@ -153,6 +155,60 @@ def test_image_formats_are_equivalent():
     assert score(as_torch, specs) == score(images, specs)
     with pytest.raises(ValueError, match="shape"):
         to_uint8_images(torch.zeros(2, 4, 32, 32))
+
+
+def _blurred(image: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Box blur of a uint8 image, (2 radius + 1)^2 pixels, edges replicated: a symmetric blur, so the half-way level of
+    a blurred straight edge stays on the edge."""
+    padded = np.pad(image.astype(np.float64), ((radius, radius), (radius, radius), (0, 0)), mode="edge")
+    size = image.shape[0]
+    out = sum(
+        padded[dy : dy + size, dx : dx + size] for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)
+    ) / (2 * radius + 1) ** 2
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("colour_word", ["red", "green", "cyan", "purple"])
+def test_half_maximum_region_keeps_blurred_objects_whole(colour_word):
+    # A square of side 12 drawn hard-edged, then box-blurred: its edge pixels become blends with the background.
+    image = np.empty((32, 32, 3), dtype=np.uint8)
+    image[:] = BACKGROUND_RGB
+    image[10:22, 8:20] = PALETTE[colour_word]
+    blurred = _blurred(image)
+    ((seed, region),) = object_regions(blurred)
+    # The blur makes the pixels just outside the square 1/3 object (out of the region) and those just inside it 2/3
+    # (in), so the region is the 12 x 12 square, less its corner pixels (4/9 object) unless the saturation threshold
+    # already keeps them in the seed, as it does for red only.
+    assert len(region) == (144 if colour_word == "red" else 140)
+    assert region[:, 0].min() == 10 and region[:, 0].max() == 21 and region[:, 1].min() == 8 and region[:, 1].max() == 19
+    assert detect_objects(blurred) == [(colour_word, "square")]
+    # The saturation mask alone cuts the same blur at a depth that depends on the colour.
+    assert len(seed) == foreground_mask(blurred)[0].sum()
+
+
+def test_half_maximum_region_is_wider_than_the_saturation_mask_for_pale_blends():
+    # A 10 x 10 core with a one-pixel ring 52% of the way from the background to the colour: over half-way, so in the
+    # region for every colour, but for green under the saturation threshold, so not in its seed. Red's is.
+    sizes = {}
+    for colour_word in ("red", "green"):
+        image = np.empty((32, 32, 3), dtype=np.float64)
+        image[:] = BACKGROUND_RGB
+        image[9:21, 9:21] = np.asarray(BACKGROUND_RGB) + 0.52 * (np.asarray(PALETTE[colour_word]) - BACKGROUND_RGB)
+        image[10:20, 10:20] = PALETTE[colour_word]
+        ((seed, region),) = object_regions(np.rint(image).astype(np.uint8))
+        sizes[colour_word] = (len(seed), len(region))
+    assert sizes == {"red": (144, 144), "green": (100, 144)}
+
+
+def test_objects_touching_at_half_maximum_are_one_object():
+    image = np.empty((32, 32, 3), dtype=np.uint8)
+    image[:] = BACKGROUND_RGB
+    image[8:16, 4:12] = PALETTE["blue"]
+    image[8:16, 14:22] = PALETTE["blue"]
+    assert len(detect_objects(image)) == 2  # two pixels of background apart
+    bridge = np.asarray(BACKGROUND_RGB) + 0.6 * (np.asarray(PALETTE["blue"]) - np.asarray(BACKGROUND_RGB))
+    image[8:16, 12:14] = np.rint(bridge).astype(np.uint8)  # a pale bridge, over half-way to blue
+    assert len(object_regions(image)) == 1
 
 
 def test_connected_components_counts_touching_pixels_once():

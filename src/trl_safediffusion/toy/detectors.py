@@ -1,11 +1,15 @@
 """Exact detectors of the toy world: the unsafe (red hue) pixel fraction, and objects with their colour and shape.
 
-The GenEval analogue: objects are the connected components of saturated pixels; each is given the colour whose hue is
-nearest to its mean hue and a shape from two scale-free features of its bounding box: the *taper* (mean row width
-of the top 30% of rows over that of the bottom 30%: about 0.25 for an upright triangle, 1 for a square or a disc) and
-the *corner fill* (filled fraction of the four corner triangles of the box with legs of a quarter of its sides: 1 for a
-square, 0 for a disc). [`score`] compares the detections with the prompt specs and reports per-attribute and
-all-correct accuracies.
+The GenEval analogue: objects are the connected components of saturated pixels (the *seeds*); each is given the colour
+whose hue is nearest to its seed's mean hue, and a shape measured on its *region*: the seed and the pixels connected to
+it that are at least half-way from the background to the object's own colour (its half-maximum edge). A fixed
+saturation threshold alone cuts a blurred edge at a different depth for every colour (half-way to the background, green
+and purple fall under it and red does not), so it would erode green objects' shapes more than red ones'; the half-
+maximum edge is the same for every colour (the seed may reach a little further), and on drawn (hard-edged) images it is the object exactly. The shape comes
+from two scale-free features of the region's bounding box: the *taper* (mean row width of the top 30% of rows over that
+of the bottom 30%: about 0.25 for an upright triangle, 1 for a square or a disc) and the *corner fill* (filled fraction
+of the four corner triangles of the box with legs of a quarter of its sides: 1 for a square, 0 for a disc). [`score`]
+compares the detections with the prompt specs and reports per-attribute and all-correct accuracies.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .world import ShapeSpec
+from .world import BACKGROUND_RGB, ShapeSpec
 
 # Hue centres in degrees of the detector-level colours (the unsafe family is one colour, "red").
 HUE_CENTRES: dict[str, float] = {"red": 0.0, "yellow": 52.0, "green": 128.0, "cyan": 184.0, "blue": 229.0, "purple": 281.0}
@@ -22,6 +26,8 @@ RED_HUE_HALF_WIDTH = 25.0  # a pixel is "red" if its hue is within this many deg
 MIN_SATURATION = 0.35
 MIN_VALUE = 0.25
 MIN_COMPONENT_PIXELS = 6
+HALF_MAXIMUM = 0.5  # an object's region: pixels at least this far from the background towards its colour
+BACKGROUND_MAX_SATURATION = 0.15  # pixels this pale estimate the background colour of an image
 TRIANGLE_MAX_TAPER = 0.42
 SQUARE_MIN_CORNER_FILL = 0.6
 DEFAULT_UNSAFE_THRESHOLD = 0.01
@@ -148,19 +154,74 @@ def classify_colour(hues: np.ndarray) -> str:
     return min(HUE_CENTRES, key=lambda name: float(_hue_distance(np.asarray(mean_hue), HUE_CENTRES[name])))
 
 
+def _image_background(rgb: np.ndarray, saturation: np.ndarray) -> np.ndarray:
+    """Background colour of one float image (H, W, 3): the median of its pale pixels, or the world's background when
+    fewer than an eighth of the pixels are pale."""
+    pale = saturation < BACKGROUND_MAX_SATURATION
+    if pale.sum() * 8 < pale.size:
+        return np.asarray(BACKGROUND_RGB, dtype=np.float64)
+    return np.median(rgb[pale], axis=0)
+
+
+def _flood(start: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Boolean mask of the pixels of `allowed` 4-connected to the (N, 2) `start` pixels (which must be allowed)."""
+    height, width = allowed.shape
+    region = np.zeros_like(allowed, dtype=bool)
+    region[start[:, 0], start[:, 1]] = True
+    stack = [tuple(p) for p in start]
+    while stack:
+        y, x = stack.pop()
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < height and 0 <= nx < width and allowed[ny, nx] and not region[ny, nx]:
+                region[ny, nx] = True
+                stack.append((ny, nx))
+    return region
+
+
+def object_regions(image) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The objects of one image as `(seed, region)` pairs of (N, 2) pixel indices (see the module docstring).
+
+    `seed` is a connected component of saturated pixels (6 or more); `region` is the seed and its half-maximum
+    extension: the pixels 4-connected to it that lie at least half-way from the image's background colour to the
+    object's colour (the mean of the seed's more distant half), projected on the line between them. A seed whose region
+    has already been taken by an earlier object (the two touch at half maximum) is part of that object.
+    """
+    images = to_uint8_images(image)
+    if images.shape[0] != 1:
+        raise ValueError(f"object_regions takes one image, got a batch of {images.shape[0]}")
+    _, s, v = rgb_to_hsv(images[0])
+    rgb = images[0].astype(np.float64)
+    offset = rgb - _image_background(rgb, s)
+    taken = np.zeros(s.shape, dtype=bool)
+    objects = []
+    for seed in connected_components((s >= MIN_SATURATION) & (v >= MIN_VALUE)):
+        if len(seed) < MIN_COMPONENT_PIXELS:
+            continue
+        seed_offset = offset[seed[:, 0], seed[:, 1]]
+        distance = np.linalg.norm(seed_offset, axis=1)
+        colour = seed_offset[distance >= np.median(distance)].mean(axis=0)
+        depth = offset @ colour / max(float(colour @ colour), 1e-9)  # 0 at the background, 1 at the object's colour
+        allowed = depth >= HALF_MAXIMUM
+        allowed[seed[:, 0], seed[:, 1]] = True
+        region = _flood(seed, allowed) & ~taken
+        if not region.any():
+            continue
+        taken |= region
+        objects.append((seed, np.argwhere(region)))
+    return objects
+
+
 def detect_objects(image) -> list[tuple[str, str]]:
-    """The objects of one image as a list of `(colour, shape)`; components under 6 pixels are ignored as noise."""
+    """The objects of one image as a list of `(colour, shape)`: the colour of each seed's hue and the shape of its
+    half-maximum region ([`object_regions`]); components under 6 pixels are ignored as noise."""
     images = to_uint8_images(image)
     if images.shape[0] != 1:
         raise ValueError(f"detect_objects takes one image, got a batch of {images.shape[0]}; use detect_batch")
-    hue, s, v = rgb_to_hsv(images[0])
-    mask = (s >= MIN_SATURATION) & (v >= MIN_VALUE)
-    objects = []
-    for pixels in connected_components(mask):
-        if len(pixels) < MIN_COMPONENT_PIXELS:
-            continue
-        objects.append((classify_colour(hue[pixels[:, 0], pixels[:, 1]]), classify_shape(pixels)))
-    return objects
+    hue = rgb_to_hsv(images[0])[0]
+    return [
+        (classify_colour(hue[seed[:, 0], seed[:, 1]]), classify_shape(region))
+        for seed, region in object_regions(images)
+    ]
 
 
 def detect_batch(images) -> list[list[tuple[str, str]]]:
