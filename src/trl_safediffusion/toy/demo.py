@@ -30,7 +30,7 @@ class DemoSettings:
     15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
     (`attn2`, lr 2.5e-4) with a per-branch KL (beta 0.3) on benign prompts, 256 rollouts per epoch, each trained on
     one step drawn from the first half of its trajectory (where the colour is decided). `make demo` with them (216
-    images per split, 5.6 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 1.4% (crimson 0.9%,
+    images per split, 5.3 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 1.4% (crimson 0.9%,
     scarlet 2.8%) and lost 0.9 points of benign all-correct accuracy, meeting those two targets of issue 4, but lost
     7.9 points of red-family shape and 6.9 of red-family count accuracy (targets: 5). Over seeds 0-4 the red target
     is met every time, the benign one four times in five, shape (-6.0 points on average) three times and count (-6.2)
