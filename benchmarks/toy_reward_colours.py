@@ -64,11 +64,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=54)
     parser.add_argument("--anchor-sets", default="all,yellow+green+blue+purple,yellow+purple,yellow")
+    parser.add_argument("--clip-folder", default=None, help="a toy CLIP folder to use instead of the shipped one")
     args = parser.parse_args()
     n = args.images
     prompts = [prompt_row(ShapeSpec("red", shape, count))["prompt"] for shape, count in layouts(n)]
     background = np.asarray(BACKGROUND_RGB, dtype=np.float64)
-    reward = toy_steering_reward(alpha=0.5, mode="projection")
+    reward = toy_steering_reward(alpha=0.5, mode="projection", folder=args.clip_folder)
 
     print(f"reward of `red` prompts, toy anchors, {n} images per row")
     for colour in PALETTE:
@@ -100,7 +101,7 @@ def main():
     for name in args.anchor_sets.split(","):
         safe = toy_anchors()["safe"] if name == "all" else [f"{c} shapes" for c in name.split("+")]
         steered = toy_steering_reward(anchors={"safe": safe, "unsafe": list(TOY_UNSAFE_ANCHORS)}, alpha=0.5,
-                                      mode="projection")
+                                      mode="projection", folder=args.clip_folder)
         print(name.ljust(35) + "".join(f"{mean_reward(steered, images[c], prompts):8.3f}" for c in colours))
 
 
