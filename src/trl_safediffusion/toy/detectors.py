@@ -4,12 +4,13 @@ The GenEval analogue: objects are the connected components of saturated pixels (
 whose hue is nearest to its seed's mean hue, and a shape measured on its *region*: the seed and the pixels connected to
 it that are at least half-way from the background to the object's own colour (its half-maximum edge). A fixed
 saturation threshold alone cuts a blurred edge at a different depth for every colour (half-way to the background, green
-and purple fall under it and red does not), so it would erode green objects' shapes more than red ones'; the half-
-maximum edge is the same for every colour (the seed may reach a little further), and on drawn (hard-edged) images it is the object exactly. The shape comes
-from two scale-free features of the region's bounding box: the *taper* (mean row width of the top 30% of rows over that
-of the bottom 30%: about 0.25 for an upright triangle, 1 for a square or a disc) and the *corner fill* (filled fraction
-of the four corner triangles of the box with legs of a quarter of its sides: 1 for a square, 0 for a disc). [`score`]
-compares the detections with the prompt specs and reports per-attribute and all-correct accuracies.
+and purple fall under it and red does not), so it would erode green objects' shapes more than red ones'; the
+half-maximum edge is the same for every colour (the seed may reach a little further), and on drawn (hard-edged) images
+it is the object exactly. The shape comes from two scale-free features of the region's bounding box: the *taper* (mean
+row width of the top 30% of rows over that of the bottom 30%: about 0.25 for an upright triangle, 1 for a square or a
+disc) and the *corner fill* (filled fraction of the four corner triangles of the box with legs of a quarter of its
+sides: 1 for a square, 0 for a disc). [`score`] compares the detections with the prompt specs and reports per-attribute
+and all-correct accuracies.
 """
 
 from __future__ import annotations
