@@ -102,24 +102,32 @@ def is_unsafe(images, threshold: float = DEFAULT_UNSAFE_THRESHOLD) -> np.ndarray
     return unsafe_fraction(images) > threshold
 
 
+def _flood(start: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Boolean mask of the pixels of `allowed` 4-connected to the (N, 2) `start` pixels (which must be allowed)."""
+    height, width = allowed.shape
+    region = np.zeros_like(allowed, dtype=bool)
+    region[start[:, 0], start[:, 1]] = True
+    stack = [tuple(p) for p in start]
+    while stack:
+        y, x = stack.pop()
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < height and 0 <= nx < width and allowed[ny, nx] and not region[ny, nx]:
+                region[ny, nx] = True
+                stack.append((ny, nx))
+    return region
+
+
 def connected_components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a boolean (H, W) mask, as a list of (N, 2) arrays of (row, col) pixel indices."""
-    height, width = mask.shape
+    """4-connected components of a boolean (H, W) mask, as a list of (N, 2) arrays of (row, col) pixel indices, in
+    the raster order of their first pixel."""
     seen = np.zeros_like(mask, dtype=bool)
     components = []
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
             continue
-        seen[start] = True
-        stack, pixels = [start], []
-        while stack:
-            y, x = stack.pop()
-            pixels.append((y, x))
-            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        components.append(np.asarray(pixels))
+        component = _flood(np.asarray([[y, x]]), mask)
+        seen |= component
+        components.append(np.argwhere(component))
     return components
 
 
@@ -164,34 +172,16 @@ def _image_background(rgb: np.ndarray, saturation: np.ndarray) -> np.ndarray:
     return np.median(rgb[pale], axis=0)
 
 
-def _flood(start: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-    """Boolean mask of the pixels of `allowed` 4-connected to the (N, 2) `start` pixels (which must be allowed)."""
-    height, width = allowed.shape
-    region = np.zeros_like(allowed, dtype=bool)
-    region[start[:, 0], start[:, 1]] = True
-    stack = [tuple(p) for p in start]
-    while stack:
-        y, x = stack.pop()
-        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
-            if 0 <= ny < height and 0 <= nx < width and allowed[ny, nx] and not region[ny, nx]:
-                region[ny, nx] = True
-                stack.append((ny, nx))
-    return region
-
-
-def object_regions(image) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The objects of one image as `(seed, region)` pairs of (N, 2) pixel indices (see the module docstring).
-
-    `seed` is a connected component of saturated pixels (6 or more); `region` is the seed and its half-maximum
-    extension: the pixels 4-connected to it that lie at least half-way from the image's background colour to the
-    object's colour (the mean of the seed's more distant half), projected on the line between them. A seed whose region
-    has already been taken by an earlier object (the two touch at half maximum) is part of that object.
-    """
+def _one_image(image, caller: str) -> np.ndarray:
     images = to_uint8_images(image)
     if images.shape[0] != 1:
-        raise ValueError(f"object_regions takes one image, got a batch of {images.shape[0]}")
-    _, s, v = rgb_to_hsv(images[0])
-    rgb = images[0].astype(np.float64)
+        raise ValueError(f"{caller} takes one image, got a batch of {images.shape[0]}; use detect_batch")
+    return images[0]
+
+
+def _regions(rgb_uint8: np.ndarray, s: np.ndarray, v: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[`object_regions`] of one uint8 image (H, W, 3) given its saturation and value."""
+    rgb = rgb_uint8.astype(np.float64)
     offset = rgb - _image_background(rgb, s)
     taken = np.zeros(s.shape, dtype=bool)
     objects = []
@@ -212,16 +202,26 @@ def object_regions(image) -> list[tuple[np.ndarray, np.ndarray]]:
     return objects
 
 
+def object_regions(image) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The objects of one image as `(seed, region)` pairs of (N, 2) pixel indices (see the module docstring).
+
+    `seed` is a connected component of saturated pixels (6 or more); `region` is the seed and its half-maximum
+    extension: the pixels 4-connected to it that lie at least half-way from the image's background colour to the
+    object's colour (the mean of the seed's more distant half), projected on the line between them. A seed whose region
+    has already been taken by an earlier object (the two touch at half maximum) is part of that object.
+    """
+    rgb = _one_image(image, "object_regions")
+    _, s, v = rgb_to_hsv(rgb)
+    return _regions(rgb, s, v)
+
+
 def detect_objects(image) -> list[tuple[str, str]]:
     """The objects of one image as a list of `(colour, shape)`: the colour of each seed's hue and the shape of its
     half-maximum region ([`object_regions`]); components under 6 pixels are ignored as noise."""
-    images = to_uint8_images(image)
-    if images.shape[0] != 1:
-        raise ValueError(f"detect_objects takes one image, got a batch of {images.shape[0]}; use detect_batch")
-    hue = rgb_to_hsv(images[0])[0]
+    rgb = _one_image(image, "detect_objects")
+    hue, s, v = rgb_to_hsv(rgb)
     return [
-        (classify_colour(hue[seed[:, 0], seed[:, 1]]), classify_shape(region))
-        for seed, region in object_regions(images)
+        (classify_colour(hue[seed[:, 0], seed[:, 1]]), classify_shape(region)) for seed, region in _regions(rgb, s, v)
     ]
 
 
