@@ -60,7 +60,7 @@ def test_kl_matches_float64_by_hand(tmp_path, mode):
     weights = trainer._kl_weights([{"unsafe": v} for v in labels])
     assert weights.tolist() == [0.25, 1.0, 0.25, 1.0, 0.25, 1.0, 0.25, 1.0][:n]
     embeds = trainer._training_embeds(s["prompt_embeds"])
-    _, _, _, kl = trainer.calculate_loss(latents, t, s["next_latents"][:, 1], s["log_probs"][:, 1], torch.zeros(n),
+    _, _, _, kl, _ = trainer.calculate_loss(latents, t, s["next_latents"][:, 1], s["log_probs"][:, 1], torch.zeros(n),
                                          embeds, weights)
 
     neg, pos = embeds.chunk(2)

@@ -68,3 +68,46 @@ def test_training_captions_balance_colour_words_or_colour_families():
         for colour in SAFE_COLOUR_WORDS:
             assert abs(colours[colour] / n - safe_share) < tolerance, (balance, colour, colours)
         assert {s.colour_word for s in specs if s.unsafe} == {"red", "crimson", "scarlet"}
+
+
+def _painted(colour, count, seed=0, shape="square"):
+    """A world image (float [0, 1]) with `count` objects laid out by seed `seed`, and the objects' mask."""
+    import numpy as np
+
+    from trl_safediffusion.toy.world import BACKGROUND_RGB, PALETTE, paint_objects
+
+    image = np.empty((32, 32, 3))
+    image[:] = BACKGROUND_RGB
+    paint_objects(image, shape, PALETTE[colour], count, np.random.default_rng(seed))
+    return image / 255.0, (image != np.array(BACKGROUND_RGB)).any(axis=-1)
+
+
+def test_object_map_is_colour_blind_and_sees_count(pipe):
+    import numpy as np
+
+    from trl_safediffusion.toy import ObjectMap
+    from trl_safediffusion.toy.world import BACKGROUND_RGB
+
+    cases = [("red", 3), ("cyan", 3), ("yellow", 3), ("blue", 3), ("purple", 3), ("red", 2)]
+    painted = [_painted(c, n) for c, n in cases]
+    x = torch.tensor(np.stack([p[0] for p in painted]), dtype=torch.float32).permute(0, 3, 1, 2) * 2 - 1
+    object_map = ObjectMap(pipe.vae)
+    with torch.no_grad():
+        latents = pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+        maps = object_map(latents)
+        decoded = object_map.images(latents)
+    assert maps.shape == (len(cases), 32, 32)
+    # the formula, in float64 by hand from the decoded images
+    d = np.linalg.norm(decoded.double().numpy() - np.array(BACKGROUND_RGB).reshape(1, 3, 1, 1) / 255.0, axis=1)
+    np.testing.assert_allclose(maps.double().numpy(), 1 - np.exp(-((d / 0.5) ** 4)), atol=1e-5)
+    for (colour, count), (_, mask), m in zip(cases, painted, maps):
+        mask = torch.from_numpy(mask)
+        assert float(m[mask].mean()) > 0.9, (colour, count)
+        assert float(m[~mask].mean()) < 0.01, (colour, count)
+    # the same layout in another colour moves the map ten times less than one object more
+    gaps = [float((m - maps[0]).abs().mean()) for m in maps]
+    assert max(gaps[1:5]) < 0.03 and gaps[5] > 0.08
+    with pytest.raises(ValueError, match="latents must be"):
+        object_map(latents[0])
+    with pytest.raises(ValueError, match="scale"):
+        ObjectMap(pipe.vae, scale=0)

@@ -128,6 +128,7 @@ class DDPOTrainer:
     """
 
     _tag_names = ["trl", "ddpo", "trl-safediffusion"]
+    structure_fn: Callable | None = None  # the structure anchor's feature map (SafeDDPOGRPOTrainer)
 
     def __init__(
         self,
@@ -224,7 +225,7 @@ class DDPOTrainer:
         if not trainable:
             raise ValueError("the pipeline's UNet has no trainable parameters: use_lora=False or add LoRA adapters")
         self.ref_unet = None
-        if getattr(config, "beta", 0.0) > 0 and not pipe.use_lora:
+        if (getattr(config, "beta", 0.0) > 0 or getattr(config, "structure_weight", 0.0) > 0) and not pipe.use_lora:
             self.ref_unet = copy.deepcopy(pipe.unet).requires_grad_(False).to(device, dtype=self.inference_dtype)
             self.ref_unet.eval()
         self.optimizer = self._setup_optimizer(trainable)
@@ -465,8 +466,10 @@ class DDPOTrainer:
             return self.sd_pipeline.predict(unet, latents, timesteps, pos, neg, self.config.sample_guidance_scale)
         return unet(latents, timesteps, embeds).sample
 
-    def calculate_loss(self, latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights=None):
-        """Clipped PPO loss for a flat batch of steps.
+    def calculate_loss(
+        self, latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights=None, structure_weights=None
+    ):
+        """Clipped PPO loss for a flat batch of steps, plus the KL and the structure anchor where configured.
 
         Args:
             latents, next_latents (`torch.Tensor`): (N, C, h, w) x_t and the stored x_{t-1}.
@@ -476,9 +479,13 @@ class DDPOTrainer:
             embeds (`torch.Tensor`): (2N, L, D) `[negative; prompt]` with `train_cfg`, else (N, L, D).
             kl_weights (`torch.Tensor`, *optional*): (N,) weight of each step's KL term (`kl_unsafe_weight` on
                 unsafe-labelled samples, 1 elsewhere); all ones when omitted.
+            structure_weights (`torch.Tensor`, *optional*): (N,) weight of each step's structure anchor
+                (`structure_weight` on unsafe-labelled samples, 0 elsewhere); omitted, there is no anchor.
 
         Returns:
-            `(loss, approx_kl, clipfrac, kl)`; `kl` is the weighted mean KL to the reference policy (0 when beta = 0).
+            `(loss, approx_kl, clipfrac, kl, structure)`: `kl` is the weighted mean KL to the reference policy (0 when
+            beta = 0), `structure` the weighted mean structure anchor (0 without `structure_weights`); `loss` includes
+            `beta * kl + structure`.
         """
         c = self.config
         beta = getattr(c, "beta", 0.0)
@@ -497,6 +504,8 @@ class DDPOTrainer:
         approx_kl = 0.5 * torch.mean((log_prob - log_probs) ** 2)
         clipfrac = torch.mean((torch.abs(ratio - 1.0) > c.train_clip_range).float())
         kl = torch.zeros((), device=loss.device)
+        structure = torch.zeros((), device=loss.device)
+        ref = None  # the reference policy's guided step, computed once for whichever term needs it
         if beta > 0:
             w = torch.ones_like(advantages) if kl_weights is None else kl_weights.to(advantages)
             if branches:
@@ -504,6 +513,10 @@ class DDPOTrainer:
                     unet, ctx = self._reference_unet()
                     with ctx, self.accelerator.autocast():
                         ref_uncond, ref_cond = self._unet_branches(unet, latents, timesteps, embeds)
+                    if structure_weights is not None:
+                        ref_pred = ref_uncond.float() + c.sample_guidance_scale * (ref_cond.float() - ref_uncond.float())
+                        ref = self.sd_pipeline.scheduler_step(ref_pred, timesteps, latents, eta=c.sample_eta,
+                                                              prev_sample=latents)
                 # the unconditional prediction sees no prompt: anchored for every sample
                 per = w * self._step_kl(cond, ref_cond, timesteps, latents)
                 per = per + self._step_kl(uncond, ref_uncond, timesteps, latents)
@@ -512,7 +525,26 @@ class DDPOTrainer:
                 per = w * _same_std_kl(out.prev_sample_mean, ref.prev_sample_mean, out.std_dev_t)
             kl = per.mean()
             loss = loss + beta * kl
-        return loss, approx_kl, clipfrac, kl
+        if structure_weights is not None:
+            ws = structure_weights.to(advantages)
+            rows = ws > 0
+            if bool(rows.any()):
+                if ref is None:
+                    ref = self._reference_mean(latents, timesteps, embeds)
+                structure_fn = self.structure_fn
+                with torch.no_grad():
+                    target = structure_fn(ref.pred_original_sample[rows]).float()
+                features = structure_fn(out.pred_original_sample[rows]).float()
+                if features.shape != target.shape or features.shape[0] != int(rows.sum()):
+                    raise ValueError(
+                        f"structure_fn must map (n, C, h, w) latents to features with n rows, got {tuple(features.shape)}"
+                        f" for {int(rows.sum())} latents"
+                    )
+                gap = ((features - target) ** 2).reshape(features.shape[0], -1).mean(dim=1)
+                # a mean over all N samples, as the KL: the anchor's size does not depend on how many are unsafe
+                structure = (ws[rows] * gap).sum() / ws.numel()
+                loss = loss + structure
+        return loss, approx_kl, clipfrac, kl, structure
 
     # ================================================================== training
     def _timestep_candidates(self) -> int:
@@ -551,16 +583,20 @@ class DDPOTrainer:
                     advantages = samples["advantages"][sel_rows]
                     embeds = self._training_embeds(samples["prompt_embeds"][sel_rows])
                     kl_weights = samples["kl_weights"][sel_rows] if "kl_weights" in samples else None
+                    s_weights = samples["structure_weights"][sel_rows] if "structure_weights" in samples else None
                     sync = last_in_step and ci == len(chunks) - 1
                     ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.unet)
                     with ctx:
-                        loss, approx_kl, clipfrac, kl = self.calculate_loss(
-                            latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights
+                        loss, approx_kl, clipfrac, kl, structure = self.calculate_loss(
+                            latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights, s_weights
                         )
                         # mean over the k sampled timesteps and the accumulated minibatches, as TRL's accumulation
                         weight = (j1 - j0) / k_train / accum
                         self.accelerator.backward(loss * weight)
-                    for name, value in (("loss", loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("kl", kl)):
+                    terms = [("loss", loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("kl", kl)]
+                    if s_weights is not None:
+                        terms.append(("structure", structure))
+                    for name, value in terms:
                         info[name].append(value.detach().float() * (j1 - j0) / k_train)
                 if last_in_step:
                     self.accelerator.clip_grad_norm_(self._trainable_params, c.train_max_grad_norm)
@@ -603,6 +639,9 @@ class DDPOTrainer:
         kl_weights = self._kl_weights(plan.metadata)
         if kl_weights is not None:
             samples["kl_weights"] = kl_weights
+        structure_weights = self._structure_weights(plan.metadata)
+        if structure_weights is not None:
+            samples["structure_weights"] = structure_weights
         if self.config.push_samples_every and epoch % self.config.push_samples_every == 0:
             self._push_samples(epoch, prompt_image_data, plan)
         global_step = self._train_on_samples(samples, epoch, global_step)
@@ -616,14 +655,25 @@ class DDPOTrainer:
         weight = float(getattr(c, "kl_unsafe_weight", 1.0))
         if getattr(c, "beta", 0.0) <= 0 or weight == 1.0:
             return None
-        label = getattr(c, "label_column", None)
+        return self._label_weights(metadata, weight, 1.0, f"kl_unsafe_weight={weight}", "kl_unsafe_weight=1")
+
+    def _structure_weights(self, metadata) -> torch.Tensor | None:
+        """(N,) structure-anchor weight per local sample: `structure_weight` where the label column is true, else 0
+        (None: no anchor)."""
+        weight = float(getattr(self.config, "structure_weight", 0.0))
+        if weight <= 0:
+            return None
+        return self._label_weights(metadata, weight, 0.0, f"structure_weight={weight}", "structure_weight=0")
+
+    def _label_weights(self, metadata, unsafe_value, safe_value, option, off) -> torch.Tensor:
+        label = getattr(self.config, "label_column", None)
         if not label or not all(isinstance(m, dict) and label in m for m in metadata):
             raise ValueError(
-                f"kl_unsafe_weight={weight} needs every prompt's metadata to carry label_column {label!r} (mix_prompts "
-                "adds it); set label_column to your dataset's unsafe column or kl_unsafe_weight=1"
+                f"{option} needs every prompt's metadata to carry label_column {label!r} (mix_prompts adds it); set "
+                f"label_column to your dataset's unsafe column or {off}"
             )
-        unsafe = [_truthy(m[label]) for m in metadata]
-        return torch.tensor([weight if u else 1.0 for u in unsafe], dtype=torch.float32, device=self.accelerator.device)
+        values = [unsafe_value if _truthy(m[label]) else safe_value for m in metadata]
+        return torch.tensor(values, dtype=torch.float32, device=self.accelerator.device)
 
     def _reward_log(self, epoch: int, rewards: np.ndarray, reward_results) -> tuple[dict, dict]:
         """The reward statistics every trainer logs, and the gathered per-component rewards."""

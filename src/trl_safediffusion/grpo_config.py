@@ -66,6 +66,15 @@ class SafeDDPOGRPOConfig(DDPOConfig):
             "which sees no prompt) so unsafe prompts move freely."
         },
     )
+    structure_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the structure anchor on samples whose `label_column` is true (unsafe prompts): the mean "
+            "squared gap between `structure_fn` of the policy's and of the reference's predicted clean latents (x0_hat "
+            "of the guided step), so that an unsafe prompt may change what it draws but not where or how much. Needs "
+            "`structure_fn` passed to the trainer; 0 turns it off (the paper has no such term)."
+        },
+    )
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "Weights of the reward functions when several are given (default all 1)."}
     )
@@ -102,6 +111,8 @@ class SafeDDPOGRPOConfig(DDPOConfig):
             raise ValueError(f"kl_mode must be 'guided' or 'branches', got {self.kl_mode!r}")
         if isinstance(self.kl_unsafe_weight, bool) or not 0.0 <= float(self.kl_unsafe_weight) <= 1.0:
             raise ValueError(f"kl_unsafe_weight must be a number in [0, 1], got {self.kl_unsafe_weight!r}")
+        if isinstance(self.structure_weight, bool) or not float(self.structure_weight) >= 0.0:
+            raise ValueError(f"structure_weight must be a number >= 0, got {self.structure_weight!r}")
         if not self.advantage_epsilon > 0:
             raise ValueError(f"advantage_epsilon must be > 0, got {self.advantage_epsilon}")
         if self.reward_weights is not None:

@@ -68,6 +68,10 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
             reward as `prompt_metadata` (one dict per sample). Give this or `prompt_function`.
         prompt_function (`Callable`, *optional*): `() -> (prompt, prompt_metadata)`, called once per group.
         image_samples_hook (`Callable`, *optional*): as in `DDPOTrainer`.
+        structure_fn (`Callable`, *optional*): the structure anchor's feature map, `(n, C, h, w)` predicted clean
+            latents -> `(n, ...)` features, differentiable; used with `config.structure_weight > 0`. Features that
+            keep the layout and drop the unsafe attribute let an unsafe prompt change what it draws but not where, e.g.
+            [`~trl_safediffusion.toy.ObjectMap`] for the toy world's colours.
     """
 
     _tag_names = ["trl", "trl-safediffusion", "safediffusion-r1", "grpo", "safety"]
@@ -80,9 +84,20 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         train_dataset=None,
         prompt_function: Callable | None = None,
         image_samples_hook: Callable | None = None,
+        structure_fn: Callable | None = None,
     ):
         if not isinstance(config, SafeDDPOGRPOConfig):
             raise ValueError(f"config must be a SafeDDPOGRPOConfig, got {type(config).__name__}")
+        if structure_fn is not None and not callable(structure_fn):
+            raise ValueError(f"structure_fn must be callable (latents -> features), got {type(structure_fn).__name__}")
+        if config.structure_weight > 0 and structure_fn is None:
+            raise ValueError(
+                f"config.structure_weight={config.structure_weight} needs structure_fn (latents -> features) passed to "
+                "the trainer; pass one or set structure_weight=0"
+            )
+        if structure_fn is not None and config.structure_weight == 0:
+            raise ValueError("structure_fn is given but config.structure_weight is 0: set structure_weight > 0 to use it")
+        self.structure_fn = structure_fn
         if (train_dataset is None) == (prompt_function is None):
             raise ValueError("pass exactly one of train_dataset (a datasets.Dataset with a prompt column) or prompt_function")
         if prompt_function is not None and not callable(prompt_function):
@@ -227,6 +242,7 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 "train_skip_last_timestep": c.train_skip_last_timestep,
                 "kl_mode": c.kl_mode if c.beta else None,
                 "kl_unsafe_weight": c.kl_unsafe_weight if c.beta else None,
+                "structure_weight": c.structure_weight or None,
             }
         )
         if self.train_dataset is not None:

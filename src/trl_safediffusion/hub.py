@@ -240,6 +240,7 @@ _RECIPE_LABELS = {
     "scale_rewards": "Advantage scaling",
     "kl_mode": "KL compares",
     "kl_unsafe_weight": "KL weight on unsafe prompts",
+    "structure_weight": "Structure anchor weight on unsafe prompts",
 }
 _REWARD_LABELS = {
     "name": "Reward",

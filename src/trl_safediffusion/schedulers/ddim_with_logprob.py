@@ -23,12 +23,15 @@ class DDPOSchedulerOutput:
         log_probs (`torch.Tensor`): log-density of `latents` per sample, averaged over the latent dimensions, (B,).
         prev_sample_mean (`torch.Tensor`): the Gaussian mean, (B, C, h, w), float32.
         std_dev_t (`torch.Tensor`): the Gaussian standard deviation per sample, broadcastable (B, 1, 1, 1), float32.
+        pred_original_sample (`torch.Tensor`, *optional*): the predicted clean latent x0_hat the step moves towards,
+            (B, C, h, w), float32.
     """
 
     latents: torch.Tensor
     log_probs: torch.Tensor
     prev_sample_mean: torch.Tensor
     std_dev_t: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -132,5 +135,6 @@ def ddim_step_with_logprob(
 
     log_probs = gaussian_log_prob(prev_sample.detach(), prev_mean, std_dev_t)
     return DDPOSchedulerOutput(
-        latents=prev_sample, log_probs=log_probs, prev_sample_mean=prev_mean, std_dev_t=std_dev_t
+        latents=prev_sample, log_probs=log_probs, prev_sample_mean=prev_mean, std_dev_t=std_dev_t,
+        pred_original_sample=pred_x0,
     )

@@ -4,6 +4,7 @@ Stable Diffusion pipeline and CLIP trained on it (see docs/toy_world.md)."""
 from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_anchors, toy_clip_paths, toy_steering_reward
 from .detectors import detect_batch, detect_objects, is_unsafe, judge, score, unsafe_fraction
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
+from .structure import ObjectMap
 from .world import (
     COLOUR_WORDS,
     SAFE_COLOUR_WORDS,
@@ -23,6 +24,7 @@ from .world import (
 
 __all__ = [
     "COLOUR_WORDS",
+    "ObjectMap",
     "SAFE_COLOUR_WORDS",
     "SHAPES",
     "ShapeSpec",

@@ -79,6 +79,8 @@ class DemoSettings:
             (`train_timestep_window`); the early steps decide the colour, the late ones the shape's detail.
         safe_anchors (`str`): comma-separated safe anchor phrases of the reward; empty for the toy defaults (one
             "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/toy_world.md).
+        structure_weight (`float`): weight of the structure anchor on `red` prompts (`SafeDDPOGRPOConfig`), with
+            [`~trl_safediffusion.toy.ObjectMap`] of the pipeline's VAE as its features; 0 turns it off.
     """
 
     epochs: int = 30
@@ -114,6 +116,7 @@ class DemoSettings:
     timestep_fraction: float = 0.2
     timestep_window: float = 0.5
     safe_anchors: str = ""
+    structure_weight: float = 0.0
 
 
 def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
@@ -293,6 +296,7 @@ def run_demo(
         beta=settings.beta,
         kl_mode=settings.kl_mode,
         kl_unsafe_weight=settings.kl_unsafe_weight,
+        structure_weight=settings.structure_weight,
         scale_rewards=settings.scale_rewards,
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
@@ -322,7 +326,12 @@ def run_demo(
         lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_target_modules=lora_targets,
         trainable_modules=settings.trainable_modules,
     )
-    trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset)
+    structure_fn = None
+    if settings.structure_weight > 0:
+        from .structure import ObjectMap
+
+        structure_fn = ObjectMap(policy.vae)
+    trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset, structure_fn=structure_fn)
     logger.info("training %d epochs of GRPO", settings.epochs)
     train_start = time.time()
     stage1 = settings.epochs - settings.stage2_epochs
