@@ -2,7 +2,6 @@
 validation and its logging."""
 
 import copy
-import math
 
 import pytest
 import torch
