@@ -28,6 +28,10 @@ def test_short_demo_writes_artefacts_and_detector_metrics(tmp_path):
         saved = json.load(f)
     assert saved["settings"]["epochs"] == 2 and len(saved["training_log"]) == 2
     assert saved["reward"]["anchors"]["safe"] == ["blue shapes", "yellow shapes"]  # the setting reached the reward
+    # the default structure anchor reached the trainer: its recipe, in the model card
+    assert settings.structure_weight > 0
+    with open(os.path.join(out, "model", "README.md"), encoding="utf-8") as f:
+        assert f"Structure anchor weight on unsafe prompts | {settings.structure_weight:g}" in f.read()
     # the guidance curriculum: the last stage2_epochs sample at stage2_guidance_scale
     assert [r["sample_guidance_scale"] for r in saved["training_log"]] == [
         settings.train_guidance_scale, settings.stage2_guidance_scale]

@@ -89,7 +89,7 @@ class DemoSettings:
     sample_num_batches_per_epoch: int = 2
     train_batch_size: int = 128
     sample_num_steps: int = 10
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 3.5e-4
     clip_range: float = 0.2
     beta: float = 0.3
     kl_mode: str = "branches"
@@ -116,7 +116,7 @@ class DemoSettings:
     timestep_fraction: float = 0.2
     timestep_window: float = 0.5
     safe_anchors: str = ""
-    structure_weight: float = 0.0
+    structure_weight: float = 0.04
 
 
 def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
