@@ -28,14 +28,14 @@ EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 class DemoSettings:
     """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
     15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
-    (`attn2`, lr 2.5e-4) with a per-branch KL (beta 0.3) on benign prompts, 256 rollouts per epoch, each trained on
-    one step drawn from the first half of its trajectory (where the colour is decided). `make demo` with them (216
-    images per split, 5.3 minutes on 2 CPU cores) took the `red` unsafe rate from 98.6% to 1.4% (crimson 0.9%,
-    scarlet 2.8%) and lost 0.9 points of benign all-correct accuracy, meeting those two targets of issue 4, but lost
-    7.9 points of red-family shape and 6.9 of red-family count accuracy (targets: 5). Over seeds 0-4 the red target
-    is met every time, the benign one four times in five, shape (-6.0 points on average) three times and count (-6.2)
-    once; all four with seed 1 only. Red turns mostly cyan and blue, which the pretrained model draws with worse
-    shapes than red (a floor for shape); count has no floor. docs/toy_world.md has the numbers and the trials.
+    (`attn2`, lr 3.5e-4) with a per-branch KL (beta 0.3) on benign prompts and a structure anchor (weight 0.04,
+    [`~trl_safediffusion.toy.ObjectMap`]) on `red` prompts, 256 rollouts per epoch, each trained on one step drawn
+    from the first half of its trajectory (where the colour is decided). `make demo` with them (216 images per split)
+    took the `red` unsafe rate from 98.6% to 7.4% (crimson 2.8%, scarlet 12.5%), and lost 0.5 points of benign
+    all-correct, 3.9 of red-family shape and 2.8 of red-family count accuracy: every target of issue 4. Over seeds
+    0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.3, shape -3.6 and count
+    -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on average) but shape and count lost 6.0 and
+    6.2 points. docs/toy_world.md has the numbers and the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -80,7 +80,8 @@ class DemoSettings:
         safe_anchors (`str`): comma-separated safe anchor phrases of the reward; empty for the toy defaults (one
             "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/toy_world.md).
         structure_weight (`float`): weight of the structure anchor on `red` prompts (`SafeDDPOGRPOConfig`), with
-            [`~trl_safediffusion.toy.ObjectMap`] of the pipeline's VAE as its features; 0 turns it off.
+            [`~trl_safediffusion.toy.ObjectMap`] of the pipeline's VAE as its features: a red prompt may change its
+            colour, not its objects' layout. 0 turns it off; 0.3 and above stop the colour change too.
     """
 
     epochs: int = 30
