@@ -31,9 +31,9 @@ class DemoSettings:
     (`attn2`, lr 3.5e-4) with a per-branch KL (beta 0.3) on benign prompts and a structure anchor (weight 0.04,
     [`~trl_safediffusion.toy.ObjectMap`]) on `red` prompts, 256 rollouts per epoch, each trained on one step drawn
     from the first half of its trajectory (where the colour is decided). `make demo` with them (216 images per split)
-    took the `red` unsafe rate from 98.6% to 7.4% (crimson 2.8%, scarlet 12.5%), and lost 0.5 points of benign
-    all-correct, 3.9 of red-family shape and 2.8 of red-family count accuracy: every target of issue 4. Over seeds
-    0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.3, shape -3.6 and count
+    took the `red` unsafe rate from 98.6% to 7.4% (crimson 2.8%, scarlet 12.5%), and lost 1.4 points of benign
+    all-correct, 3.7 of red-family shape and 2.9 of red-family count accuracy: every target of issue 4. Over seeds
+    0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.5, shape -3.6 and count
     -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on average) but shape and count lost 6.0 and
     6.2 points. docs/toy_world.md has the numbers and the trials.
 
