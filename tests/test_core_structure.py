@@ -2,6 +2,7 @@
 validation and its logging."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -96,7 +97,8 @@ def test_structure_anchor_trains_and_is_logged(tmp_path):
     trainer = _trainer(tmp_path, structure_weight=1.0)
     trainer.train()
     logged = [r["train/structure"] for r in trainer.log_history if "train/structure" in r]
-    assert len(logged) == 4 and all  # 2 epochs x 2 minibatches of 4(math.isfinite(v) for v in logged) and max(logged) > 0
+    assert len(logged) == 4  # 2 epochs x 2 minibatches of 4
+    assert all(math.isfinite(v) for v in logged) and max(logged) > 0
     assert trainer._model_card_info()["recipe"]["structure_weight"] == 1.0
 
 
