@@ -50,6 +50,17 @@ class RolloutOutput:
     timesteps: torch.Tensor
 
 
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decode scaled latents (B, C, h, w) with a diffusers `AutoencoderKL`: undo `scaling_factor` (and `shift_factor`,
+    if set), decode in the VAE's dtype and device, and return float32 images (B, 3, H, W) mapped from [-1, 1] to
+    [0, 1] units, not clamped (so that gradients reach every pixel)."""
+    scaled = latents / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        scaled = scaled + shift
+    return vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample.float() / 2 + 0.5
+
+
 def _module_dtype(module) -> torch.dtype:
     inner = getattr(module, "module", module)  # DistributedDataParallel and similar wrappers
     dtype = getattr(inner, "dtype", None)
@@ -332,13 +343,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode to float32 images (B, 3, H, W) in [0, 1]."""
-        vae = self.vae
-        scaled = latents / vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift:
-            scaled = scaled + shift
-        images = vae.decode(scaled.to(vae.dtype)).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
+        return vae_decode(self.vae, latents).clamp(0, 1)
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)

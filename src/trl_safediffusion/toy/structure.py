@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..pipelines.stable_diffusion import vae_decode
 from .world import BACKGROUND_RGB
 
 
@@ -23,8 +24,8 @@ class ObjectMap:
     Differentiable in the latents (the VAE's weights are not trained).
 
     Args:
-        vae (`diffusers.AutoencoderKL`): the pipeline's autoencoder; its `scaling_factor` (and `shift_factor`, if
-            any) undo the latent scaling as in the pipeline's decoding.
+        vae (`diffusers.AutoencoderKL`): the pipeline's autoencoder, decoding as the pipeline does
+            ([`~trl_safediffusion.pipelines.stable_diffusion.vae_decode`]).
         scale (`float`, *optional*, defaults to 0.5): the distance at which objectness is 1 - 1/e.
         power (`float`, *optional*, defaults to 4): how sharp the step from background to object is.
         background (`tuple[int, int, int]`, *optional*): background RGB in 0-255, the world's by default.
@@ -45,14 +46,7 @@ class ObjectMap:
     def images(self, latents: torch.Tensor) -> torch.Tensor:
         """(n, C, h, w) latents -> (n, 3, H, W) decoded images in [0, 1] units (not clamped, so that gradients
         reach every pixel)."""
-        cfg = self.vae.config
-        scaled = latents / cfg.scaling_factor
-        shift = getattr(cfg, "shift_factor", None)
-        if shift:
-            scaled = scaled + shift
-        param = next(self.vae.parameters())
-        decoded = self.vae.decode(scaled.to(device=param.device, dtype=param.dtype)).sample
-        return decoded.float() / 2 + 0.5
+        return vae_decode(self.vae, latents)
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         """(n, C, h, w) latents -> (n, H, W) objectness."""
