@@ -96,7 +96,7 @@ def test_gradient_checkpointing_gives_the_same_loss_gradient(tmp_path):
         trainer = SafeDDPOGRPOTrainer(_config(tmp_path / str(checkpointing), gradient_checkpointing=checkpointing),
                                       brightness_reward, pipe, train_dataset=Dataset.from_dict({"prompt": ["a", "b"]}))
         assert pipe.unet.is_gradient_checkpointing == checkpointing
-        samples, _, _, plan = trainer._generate_samples(0)
+        samples, _, _, plan = trainer._rollout_epoch(0)
         s = samples[0]
         embeds = torch.cat([trainer.neg_prompt_embed.expand_as(s["prompt_embeds"]), s["prompt_embeds"]])
         trainer.unet.train()

@@ -51,7 +51,7 @@ def _hand_kl(trainer, latents, t, d_eps):
 @pytest.mark.parametrize("mode", ["guided", "branches"])
 def test_kl_matches_float64_by_hand(tmp_path, mode):
     trainer = _trainer(tmp_path, kl_mode=mode, kl_unsafe_weight=0.25)
-    samples, _, _, plan = trainer._generate_samples(0)
+    samples, _, _, plan = trainer._rollout_epoch(0)
     s = {k: torch.cat([b[k] for b in samples]) for k in samples[0]}  # two groups
     n = s["latents"].shape[0]
     latents, t = s["latents"][:, 1], s["timesteps"][:, 1]
@@ -60,8 +60,8 @@ def test_kl_matches_float64_by_hand(tmp_path, mode):
     weights = trainer._kl_weights([{"unsafe": v} for v in labels])
     assert weights.tolist() == [0.25, 1.0, 0.25, 1.0, 0.25, 1.0, 0.25, 1.0][:n]
     embeds = trainer._training_embeds(s["prompt_embeds"])
-    _, _, _, kl, _ = trainer.calculate_loss(latents, t, s["next_latents"][:, 1], s["log_probs"][:, 1], torch.zeros(n),
-                                         embeds, weights)
+    kl = trainer.compute_loss_terms(latents, t, s["next_latents"][:, 1], s["log_probs"][:, 1], torch.zeros(n),
+                                     embeds, weights)["kl"]
 
     neg, pos = embeds.chunk(2)
     du = _eps64(trainer.unet, latents, t, neg) - _eps64(trainer.ref_unet, latents, t, neg)
@@ -78,18 +78,18 @@ def test_kl_matches_float64_by_hand(tmp_path, mode):
 def test_kl_is_zero_only_at_the_reference(tmp_path):
     """With kl_unsafe_weight=0 the unconditional branch still costs KL; a policy equal to the reference costs none."""
     trainer = _trainer(tmp_path, kl_mode="branches", kl_unsafe_weight=0.0)
-    samples, _, _, plan = trainer._generate_samples(0)
+    samples, _, _, plan = trainer._rollout_epoch(0)
     s = {k: torch.cat([b[k] for b in samples]) for k in samples[0]}  # two groups
     n = s["latents"].shape[0]
     weights = trainer._kl_weights(plan.metadata[:n])
     args = (s["latents"][:, 1], s["timesteps"][:, 1], s["next_latents"][:, 1], s["log_probs"][:, 1], torch.zeros(n),
             trainer._training_embeds(s["prompt_embeds"]))
-    assert float(trainer.calculate_loss(*args, weights)[3].detach()) > 0
+    assert float(trainer.compute_loss_terms(*args, weights)["kl"].detach()) > 0
     # make the policy equal to the reference: zero KL in both modes
     trainer.accelerator.unwrap_model(trainer.unet).load_state_dict(trainer.ref_unet.state_dict())
     for mode in ("branches", "guided"):
         trainer.config.kl_mode = mode
-        assert float(trainer.calculate_loss(*args, weights)[3].detach()) == pytest.approx(0.0, abs=1e-10)
+        assert float(trainer.compute_loss_terms(*args, weights)["kl"].detach()) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_kl_settings_are_validated(tmp_path):

@@ -32,7 +32,7 @@ def _trainer(tmp_path, structure_fn=features, **kw):
 
 
 def _batch(trainer):
-    samples, _, _, plan = trainer._generate_samples(0)
+    samples, _, _, plan = trainer._rollout_epoch(0)
     s = {k: torch.cat([b[k] for b in samples]) for k in samples[0]}
     n = s["latents"].shape[0]
     args = (s["latents"][:, 1], s["timesteps"][:, 1], s["next_latents"][:, 1], s["log_probs"][:, 1], torch.zeros(n),
@@ -61,8 +61,9 @@ def test_structure_anchor_matches_float64_by_hand(tmp_path, beta, kl_mode):
     metadata = [{"unsafe": i % 3 == 0} for i in range(len(metadata))]  # benign rows too
     weights = trainer._structure_weights(metadata)
     assert 0 < int((weights > 0).sum()) < len(metadata)
-    loss_with, _, _, kl, structure = trainer.calculate_loss(*args, None, weights)
-    loss_without, *_ = trainer.calculate_loss(*args, None, None)
+    terms = trainer.compute_loss_terms(*args, None, weights)
+    loss_with, kl, structure = terms["loss"], terms["kl"], terms["structure"]
+    loss_without = trainer.compute_loss_terms(*args, None, None)["loss"]
 
     latents, t, _, _, _, embeds = args
     sched = trainer.sd_pipeline.scheduler
@@ -81,16 +82,17 @@ def test_structure_anchor_gradient_and_zero_at_the_reference(tmp_path):
     trainer = _trainer(tmp_path, structure_weight=1.0)
     args, metadata = _batch(trainer)
     weights = trainer._structure_weights([{"unsafe": i % 2 == 0} for i in range(len(metadata))])
-    loss, _, _, _, structure = trainer.calculate_loss(*args, None, weights)  # advantages are zero: loss is the anchor
+    terms = trainer.compute_loss_terms(*args, None, weights)  # advantages are zero: loss is the anchor
+    loss, structure = terms["loss"], terms["structure"]
     assert float(structure.detach()) > 0
     loss.backward()
     grads = [p.grad for p in trainer.unet.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
     # benign rows carry no anchor
-    assert float(trainer.calculate_loss(*args, None, torch.zeros_like(weights))[4].detach()) == 0.0
+    assert float(trainer.compute_loss_terms(*args, None, torch.zeros_like(weights))["structure"].detach()) == 0.0
     trainer.unet.zero_grad(set_to_none=True)
     trainer.accelerator.unwrap_model(trainer.unet).load_state_dict(trainer.ref_unet.state_dict())
-    assert float(trainer.calculate_loss(*args, None, weights)[4].detach()) == pytest.approx(0.0, abs=1e-12)
+    assert float(trainer.compute_loss_terms(*args, None, weights)["structure"].detach()) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_structure_anchor_trains_and_is_logged(tmp_path):

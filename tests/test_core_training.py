@@ -91,7 +91,7 @@ def test_shared_initial_noise_within_groups(tmp_path):
     assert len(plan.prompts) == 8 and len(set(plan.prompts[:4])) == 1 and len(set(plan.prompts[4:])) == 1
     assert len(set(plan.noise_seeds[:4])) == 1 and plan.noise_seeds[0] != plan.noise_seeds[4]
     assert len(set(plan.step_seeds)) == 8  # the DDIM step noise still differs inside a group
-    samples, data, _, _ = trainer._generate_samples(0)
+    samples, data, _, _ = trainer._rollout_epoch(0)
     lat0 = samples[0]["latents"][:, 0]  # (B, C, h, w) initial noise of the first batch (one group)
     assert torch.equal(lat0[0], lat0[3]) and not torch.equal(samples[0]["next_latents"][0, -1], samples[0]["next_latents"][1, -1])
 
@@ -119,7 +119,7 @@ def test_update_raises_log_prob_of_positive_advantage_trajectories(tmp_path, gui
     config = grpo_config(tmp_path, sample_num_steps=4, sample_batch_size=8, sample_num_batches_per_epoch=1,
                          train_batch_size=8, train_learning_rate=1e-5, sample_guidance_scale=guidance)
     trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset(False))
-    batches, _, _, _ = trainer._generate_samples(0)
+    batches, _, _, _ = trainer._rollout_epoch(0)
     samples = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     before = _trajectory_log_probs(trainer, samples)
     torch.testing.assert_close(before, samples["log_probs"].sum(1), rtol=0, atol=1e-4)  # on-policy: ratio 1
@@ -153,7 +153,7 @@ def test_timestep_window_trains_only_the_first_steps(tmp_path, window, fraction,
                          train_batch_size=8, train_timestep_window=window, train_timestep_fraction=fraction,
                          train_timesteps_per_forward=1)
     trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=prompt_dataset(False))
-    batches, _, _, _ = trainer._generate_samples(0)
+    batches, _, _, _ = trainer._rollout_epoch(0)
     samples = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
     samples["advantages"] = torch.tensor([1.0, -1.0] * 4)
     seen = []
@@ -260,7 +260,7 @@ def test_fp16_full_finetune_keeps_fp32_trainable_weights(tmp_path):
     assert all(p.dtype == torch.float32 for p in trainer._trainable_params)
     trainer.train()
     # exercise the exact failure path: a real grad scaler unscaling this optimizer's gradients
-    samples, data, _, plan = trainer._generate_samples(5)
+    samples, data, _, plan = trainer._rollout_epoch(5)
     s = samples[0]
     embeds = torch.cat([trainer.neg_prompt_embed.expand_as(s["prompt_embeds"]), s["prompt_embeds"]])
     loss, *_ = trainer.calculate_loss(s["latents"][:, 0], s["timesteps"][:, 0], s["next_latents"][:, 0],

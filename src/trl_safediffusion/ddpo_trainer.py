@@ -305,9 +305,10 @@ class DDPOTrainer:
         models.clear()
 
     # ================================================================== sampling
-    def _sample_plan(self, epoch: int) -> _SamplePlan:
-        """DDPO: one `prompt_function()` call and independent noise per sample."""
-        n = self.config.sample_batch_size * self.config.sample_num_batches_per_epoch
+    def _sample_plan(self, epoch: int, num_samples: int | None = None) -> _SamplePlan:
+        """DDPO: one `prompt_function()` call and independent noise per sample (`num_samples` defaults to the
+        epoch's `sample_batch_size * sample_num_batches_per_epoch`)."""
+        n = num_samples or self.config.sample_batch_size * self.config.sample_num_batches_per_epoch
         prompts, metadata = [], []
         for _ in range(n):
             prompt, meta = self.prompt_fn()
@@ -319,10 +320,34 @@ class DDPOTrainer:
         seeds = [_mix_seed(self.config.seed, 1, epoch, rank, i) for i in range(n)]
         return _SamplePlan(prompts, metadata, seeds, [_mix_seed(s, 2) for s in seeds])
 
-    def _generate_samples(self, epoch: int):
-        """Roll out this process's samples for `epoch`; rewards are started (async) or computed per batch."""
+    def _rollout_epoch(self, epoch: int):
+        """Roll out this process's samples for `epoch`; rewards are started (async) or computed per batch.
+
+        Returns `(samples, prompt_image_data, reward_jobs, plan)`: one dict of tensors per sampling batch, one
+        `[images, prompts, metadata]` per batch, the reward futures (async rewards only) and the epoch's plan.
+        """
         plan = self._sample_plan(epoch)
-        bs = self.config.sample_batch_size
+        samples, prompt_image_data, reward_jobs = self._rollout_plan(plan, self.config.sample_batch_size, epoch)
+        return samples, prompt_image_data, reward_jobs, plan
+
+    def _generate_samples(self, iterations: int, batch_size: int):
+        """TRL v0.23.1's sampling entry point: `iterations` batches of `batch_size` samples from `prompt_function`.
+
+        Returns:
+            `(samples, prompt_image_pairs)` as in TRL: one dict of tensors per batch and one `[images, prompts,
+            prompt_metadata]` per batch.
+        """
+        if self.prompt_fn is None:
+            raise ValueError("_generate_samples(iterations, batch_size) draws from prompt_function; this trainer has a "
+                             "train_dataset instead: use _rollout_epoch(epoch)")
+        n = iterations * batch_size
+        plan = DDPOTrainer._sample_plan(self, 0, num_samples=n)
+        samples, prompt_image_data, _ = self._rollout_plan(plan, batch_size, 0, async_rewards=False)
+        return samples, prompt_image_data
+
+    def _rollout_plan(self, plan: _SamplePlan, batch_size: int, epoch: int, async_rewards: bool = True):
+        """Sample `plan` in batches of `batch_size` (see `_rollout_epoch`)."""
+        bs = batch_size
         device = self.accelerator.device
         samples, prompt_image_data, reward_jobs = [], [], []
         self.unet.eval()
@@ -360,9 +385,9 @@ class DDPOTrainer:
                 }
             )
             prompt_image_data.append([out.images, list(prompts), tuple(metadata)])
-            if self.executor is not None:
+            if self.executor is not None and async_rewards:
                 reward_jobs.append(self.executor.submit(self.reward_fn, out.images, list(prompts), tuple(metadata)))
-        return samples, prompt_image_data, reward_jobs, plan
+        return samples, prompt_image_data, reward_jobs
 
     def _check_reward(self, result, batch_size: int, epoch: int, batch: int):
         if not (isinstance(result, (tuple, list)) and len(result) == 2):
@@ -466,9 +491,19 @@ class DDPOTrainer:
             return self.sd_pipeline.predict(unet, latents, timesteps, pos, neg, self.config.sample_guidance_scale)
         return unet(latents, timesteps, embeds).sample
 
-    def calculate_loss(
+    def calculate_loss(self, latents, timesteps, next_latents, log_probs, advantages, embeds):
+        """TRL v0.23.1's `calculate_loss`: the clipped PPO loss of a flat batch of steps.
+
+        Returns:
+            `(loss, approx_kl, clipfrac)` as in TRL. `loss` includes every configured extra term (the KL to the
+            reference, the structure anchor); [`~DDPOTrainer.compute_loss_terms`] returns each term by name.
+        """
+        terms = self.compute_loss_terms(latents, timesteps, next_latents, log_probs, advantages, embeds)
+        return terms["loss"], terms["approx_kl"], terms["clipfrac"]
+
+    def compute_loss_terms(
         self, latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights=None, structure_weights=None
-    ):
+    ) -> dict[str, torch.Tensor]:
         """Clipped PPO loss for a flat batch of steps, plus the KL and the structure anchor where configured.
 
         Args:
@@ -483,9 +518,9 @@ class DDPOTrainer:
                 (`structure_weight` on unsafe-labelled samples, 0 elsewhere); omitted, there is no anchor.
 
         Returns:
-            `(loss, approx_kl, clipfrac, kl, structure)`: `kl` is the weighted mean KL to the reference policy (0 when
-            beta = 0), `structure` the weighted mean structure anchor (0 without `structure_weights`); `loss` includes
-            `beta * kl + structure`.
+            `dict` with `loss`, `approx_kl`, `clipfrac` (as `calculate_loss`), `kl` (the weighted mean KL to the
+            reference policy, 0 when beta = 0) and `structure` (the weighted mean structure anchor, 0 without
+            `structure_weights`); `loss` includes `beta * kl + structure`. Each is a 0-dim tensor.
         """
         c = self.config
         beta = getattr(c, "beta", 0.0)
@@ -544,7 +579,7 @@ class DDPOTrainer:
                 # a mean over all N samples, as the KL: the anchor's size does not depend on how many are unsafe
                 structure = (ws[rows] * gap).sum() / ws.numel()
                 loss = loss + structure
-        return loss, approx_kl, clipfrac, kl, structure
+        return {"loss": loss, "approx_kl": approx_kl, "clipfrac": clipfrac, "kl": kl, "structure": structure}
 
     # ================================================================== training
     def _timestep_candidates(self) -> int:
@@ -587,16 +622,15 @@ class DDPOTrainer:
                     sync = last_in_step and ci == len(chunks) - 1
                     ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.unet)
                     with ctx:
-                        loss, approx_kl, clipfrac, kl, structure = self.calculate_loss(
+                        terms = self.compute_loss_terms(
                             latents, timesteps, next_latents, log_probs, advantages, embeds, kl_weights, s_weights
                         )
                         # mean over the k sampled timesteps and the accumulated minibatches, as TRL's accumulation
                         weight = (j1 - j0) / k_train / accum
-                        self.accelerator.backward(loss * weight)
-                    terms = [("loss", loss), ("approx_kl", approx_kl), ("clipfrac", clipfrac), ("kl", kl)]
-                    if s_weights is not None:
-                        terms.append(("structure", structure))
-                    for name, value in terms:
+                        self.accelerator.backward(terms["loss"] * weight)
+                    if s_weights is None:
+                        terms.pop("structure")
+                    for name, value in terms.items():
                         info[name].append(value.detach().float() * (j1 - j0) / k_train)
                 if last_in_step:
                     self.accelerator.clip_grad_norm_(self._trainable_params, c.train_max_grad_norm)
@@ -615,7 +649,7 @@ class DDPOTrainer:
     # ================================================================== epoch
     def step(self, epoch: int, global_step: int) -> int:
         """Sample, reward, compute advantages and train for one epoch. Returns the updated global step."""
-        samples, prompt_image_data, reward_jobs, plan = self._generate_samples(epoch)
+        samples, prompt_image_data, reward_jobs, plan = self._rollout_epoch(epoch)
         reward_results = self.compute_rewards(prompt_image_data, reward_jobs, epoch=epoch)
         for data, (rewards, meta) in zip(prompt_image_data, reward_results):
             data.extend([rewards, meta])
