@@ -193,6 +193,9 @@ class DDPOTrainer:
             )
         logger.info("config: %s", config.to_dict())
         set_seed(config.seed, device_specific=True)
+        if sd_pipeline.lora_weights_untrained:
+            # fresh adapters were drawn from the caller's global RNG when the pipeline was built: `seed` alone decides
+            sd_pipeline.init_lora_weights(config.seed)
 
         if self.accelerator.mixed_precision == "fp16":
             self.inference_dtype = torch.float16

@@ -88,6 +88,12 @@ class DDPOStableDiffusionPipeline:
     """Interface the DDPO/GRPO trainers use. Subclass it to train another diffusion model."""
 
     use_lora: bool = False
+    # True while the LoRA adapters hold the weights they were created with: the trainer then calls
+    # `init_lora_weights(config.seed)` so that the seed alone decides them
+    lora_weights_untrained: bool = False
+
+    def init_lora_weights(self, seed: int):
+        raise NotImplementedError
 
     def __call__(self, *args, **kwargs) -> DDPOPipelineOutput:
         raise NotImplementedError
@@ -243,6 +249,8 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             for p in self.sd_pipeline.unet.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+        # adapters created here hold no trained weights yet: the trainer re-draws them from its seed
+        self.lora_weights_untrained = self.use_lora
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
         self._progress_bar_config: dict = {}
@@ -553,8 +561,27 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             model.load_state_dict(loaded.state_dict())
             del loaded
 
+    def init_lora_weights(self, seed: int):
+        """Draw the LoRA adapters' initial weights from `seed` alone (peft's "gaussian" init: A ~ N(0, 1/r^2),
+        B = 0), whatever the global random state was when the adapters were created. The global RNG is left as it was.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        generator = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            for _, module in sorted(self.unet.named_modules(), key=lambda item: item[0]):
+                if not isinstance(module, LoraLayer):
+                    continue
+                for adapter, lora_a in module.lora_A.items():
+                    weight = lora_a.weight
+                    draw = torch.randn(weight.shape, generator=generator, dtype=torch.float32) / module.r[adapter]
+                    weight.copy_(draw.to(device=weight.device, dtype=weight.dtype))
+                    module.lora_B[adapter].weight.zero_()
+        self.lora_weights_untrained = False
+
     def load_lora_into_unet(self, input_dir: str, unet=None):
         """Load `pytorch_lora_weights.safetensors` from `input_dir` into the existing adapter of the UNet."""
+        self.lora_weights_untrained = False
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import set_peft_model_state_dict
