@@ -13,12 +13,31 @@ from trl_safediffusion.ddpo_trainer import clipped_surrogate_loss
 def test_group_advantages_by_hand():
     rewards = np.array([1.0, 2.0, 3.0, 6.0, 0.5, 0.5, 0.5, 0.5])
     adv, stats = group_advantages(rewards, group_size=4, scale="group", eps=1e-8)
-    # group 1: mean 3, population std sqrt((4 + 1 + 0 + 9) / 4) = sqrt(3.5)
-    s = math.sqrt(3.5)
+    # group 1: mean 3, unbiased std sqrt((4 + 1 + 0 + 9) / 3), torch's default and the reference code's
+    s = math.sqrt(14 / 3)
     np.testing.assert_allclose(adv[:4], [-2 / s, -1 / s, 0.0, 3 / s], rtol=1e-7)
     # group 2 has zero variance: advantage 0, never NaN
     np.testing.assert_array_equal(adv[4:], [0.0, 0.0, 0.0, 0.0])
     assert stats["zero_std_fraction"] == 0.5 and stats["nonfinite"] == 0
+    # the population std (divides by n) stays available
+    adv_pop, _ = group_advantages(rewards, group_size=4, std="population")
+    p = math.sqrt(14 / 4)
+    np.testing.assert_allclose(adv_pop[:4], [-2 / p, -1 / p, 0.0, 3 / p], rtol=1e-7)
+    np.testing.assert_array_equal(adv_pop[4:], [0.0, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("G", [4, 16])
+def test_group_advantages_match_torch_unbiased_std(G):
+    """The reference code's advantages: (r - mean_g) / (torch.std(r_g) + 1e-8), torch's std being unbiased."""
+    rewards = np.random.default_rng(G).normal(size=3 * G)
+    r = torch.tensor(rewards, dtype=torch.float64).view(-1, G)
+    expected = ((r - r.mean(dim=1, keepdim=True)) / (r.std(dim=1, keepdim=True) + 1e-8)).reshape(-1).numpy()
+    adv, _ = group_advantages(rewards, G)
+    np.testing.assert_allclose(adv, expected, rtol=1e-12)
+    adv_pop, _ = group_advantages(rewards, G, std="population")
+    np.testing.assert_allclose(adv_pop / adv, math.sqrt(G / (G - 1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="std must be"):
+        group_advantages(rewards, G, std="biased")
 
 
 def test_group_advantages_zero_variance_with_rounding():
@@ -31,13 +50,13 @@ def test_group_advantages_zero_variance_with_rounding():
 def test_group_advantages_nonfinite_and_other_scalings():
     rewards = np.array([1.0, np.nan, 3.0, np.inf, 2.0, 4.0])
     adv, stats = group_advantages(rewards, group_size=3)
-    # group 1 statistics over {1, 3}: mean 2, std 1
-    np.testing.assert_allclose(adv[:3], [-1.0, 0.0, 1.0], rtol=1e-7)
-    # group 2 over {2, 4}: mean 3, std 1; the inf sample gets 0
-    np.testing.assert_allclose(adv[3:], [0.0, -1.0, 1.0], rtol=1e-7)
+    # group 1 statistics over {1, 3}: mean 2, unbiased std sqrt(2)
+    np.testing.assert_allclose(adv[:3], [-1 / math.sqrt(2), 0.0, 1 / math.sqrt(2)], rtol=1e-7)
+    # group 2 over {2, 4}: mean 3, unbiased std sqrt(2); the inf sample gets 0
+    np.testing.assert_allclose(adv[3:], [0.0, -1 / math.sqrt(2), 1 / math.sqrt(2)], rtol=1e-7)
     assert stats["nonfinite"] == 2
     r = np.array([0.0, 2.0, 10.0, 14.0])
-    batch_std = r.std()
+    batch_std = r.std(ddof=1)
     adv_b, _ = group_advantages(r, 2, scale="batch")
     np.testing.assert_allclose(adv_b, [-1 / batch_std, 1 / batch_std, -2 / batch_std, 2 / batch_std], rtol=1e-7)
     adv_n, _ = group_advantages(r, 2, scale="none")
@@ -65,7 +84,28 @@ def test_ddpo_config_keeps_trl_defaults():
     assert (c.mixed_precision, c.num_checkpoint_limit, c.tracker_project_name) == ("fp16", 5, "trl")
     g = SafeDDPOGRPOConfig()
     assert (g.num_generations, g.train_adv_clip_max, g.sample_eta, g.sample_guidance_scale, g.beta) == (16, 2.5, 1.0, 5.0, 0.0)
-    assert g.share_initial_noise and g.scale_rewards == "group"
+    assert g.share_initial_noise and g.scale_rewards == "group" and g.advantage_std == "unbiased"
+    # the reference code's sampling: 4 prompts x 16 images per process per epoch, sample and train batch 4
+    assert (g.sample_batch_size, g.train_batch_size) == (4, 4)
+    assert g.sample_batch_size * g.sample_num_batches_per_epoch == 4 * g.num_generations
+
+
+def test_grpo_default_plan_samples_four_prompts_of_sixteen(tmp_path):
+    from datasets import Dataset
+
+    from conftest import brightness_reward
+    from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOTrainer
+    from trl_safediffusion.tiny import tiny_sd_pipeline
+
+    config = SafeDDPOGRPOConfig(logdir=str(tmp_path), mixed_precision="no")
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=True)
+    dataset = Dataset.from_dict({"prompt": [f"prompt {i}" for i in range(8)]})
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=dataset)
+    plan = trainer._sample_plan(0)
+    assert len(plan.prompts) == 64
+    groups = [plan.prompts[i : i + 16] for i in range(0, 64, 16)]
+    assert all(len(set(g)) == 1 for g in groups) and len({g[0] for g in groups}) == 4
+    assert all(len(set(plan.noise_seeds[i : i + 16])) == 1 for i in range(0, 64, 16))  # shared noise per group
 
 
 @pytest.mark.parametrize(
@@ -91,6 +131,7 @@ def test_ddpo_config_errors_name_the_field(kwargs, field):
         ({"num_generations": 1}, "num_generations"),
         ({"sample_batch_size": 6, "sample_num_batches_per_epoch": 1, "train_batch_size": 2, "num_generations": 4}, "num_generations"),
         ({"scale_rewards": "global"}, "scale_rewards"),
+        ({"advantage_std": "sample"}, "advantage_std"),
         ({"beta": -0.1}, "beta"),
         ({"reward_weights": ["a"]}, "reward_weights"),
     ],

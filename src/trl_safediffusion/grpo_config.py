@@ -12,14 +12,19 @@ class SafeDDPOGRPOConfig(DDPOConfig):
     r"""
     Configuration of [`SafeDDPOGRPOTrainer`] (SafeDiffusion-R1, arXiv 2605.18719).
 
-    Defaults follow the paper's reference recipe where it differs from DDPO: group size 16 with one shared initial
-    noise per group, advantages clipped to +-2.5, AdamW lr 1e-5, every timestep but the last trained, beta = 0.
+    Defaults follow the paper's reference recipe where it differs from DDPO: 4 prompts x 16 images per process per
+    epoch (group size 16, sample batch 4 x 16 batches) with one shared initial noise per group, advantages divided by
+    the unbiased group std and clipped to +-2.5, AdamW lr 1e-5, every timestep but the last trained, beta = 0.
     Batch sizes are per process; `sample_batch_size * sample_num_batches_per_epoch` must be a multiple of
     `num_generations` so that every prompt group is sampled complete on one process.
     """
 
     sample_batch_size: int = field(default=4, metadata={"help": "Batch size (per process) used for sampling."})
-    sample_num_batches_per_epoch: int = field(default=4, metadata={"help": "Number of sampling batches per epoch."})
+    sample_num_batches_per_epoch: int = field(
+        default=16,
+        metadata={"help": "Number of sampling batches per epoch (the default 4 x 16 = 64 samples per process are 4 "
+                  "prompts x 16 images, as the reference code samples)."},
+    )
     train_batch_size: int = field(default=4, metadata={"help": "Batch size (per process) used for training."})
     train_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate."})
     train_adv_clip_max: float = field(default=2.5, metadata={"help": "Advantages are clipped to [-max, max]."})
@@ -40,6 +45,13 @@ class SafeDDPOGRPOConfig(DDPOConfig):
         metadata={
             "help": "Advantage scaling: 'group' (r - mean_g) / (std_g + eps), 'batch' divides by the std over the "
             "whole batch, 'none' only subtracts the group mean."
+        },
+    )
+    advantage_std: str = field(
+        default="unbiased",
+        metadata={
+            "help": "Std that scales the advantages: 'unbiased' (divides by n - 1: torch's default, as TRL's "
+            "GRPOTrainer and the SafeDiffusion-R1 reference code) or 'population' (divides by n)."
         },
     )
     advantage_epsilon: float = field(default=1e-8, metadata={"help": "eps added to the std in the advantage."})
@@ -105,6 +117,8 @@ class SafeDDPOGRPOConfig(DDPOConfig):
             )
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
+        if self.advantage_std not in ("unbiased", "population"):
+            raise ValueError(f"advantage_std must be 'unbiased' or 'population', got {self.advantage_std!r}")
         if self.beta < 0:
             raise ValueError(f"beta must be >= 0, got {self.beta}")
         if self.kl_mode not in ("guided", "branches"):

@@ -17,16 +17,28 @@ from .pipelines.stable_diffusion import DDPOStableDiffusionPipeline
 
 
 def group_advantages(
-    rewards: np.ndarray, group_size: int, scale: str = "group", eps: float = 1e-8
+    rewards: np.ndarray, group_size: int, scale: str = "group", eps: float = 1e-8, std: str = "unbiased"
 ) -> tuple[np.ndarray, dict]:
     """Group-relative advantages for rewards laid out group after group.
 
     Non-finite rewards get advantage 0 and are left out of their group's statistics; a group whose finite rewards
     have (numerically) zero variance, or fewer than two finite rewards, gets advantage 0.
 
+    Args:
+        rewards (`np.ndarray`): (num_groups * group_size,) rewards, group after group.
+        group_size (`int`): G.
+        scale (`str`, *optional*, defaults to `"group"`): `"group"` (r - mean_g) / (std_g + eps), `"batch"` divides by
+            the std of the whole batch, `"none"` only subtracts the group mean.
+        eps (`float`, *optional*, defaults to `1e-8`): added to the std.
+        std (`str`, *optional*, defaults to `"unbiased"`): `"unbiased"` divides the sum of squares by n - 1 (torch's
+            default std, as TRL's `GRPOTrainer` and the SafeDiffusion-R1 reference code), `"population"` by n.
+
     Returns:
         `(advantages, stats)` with `stats` holding `zero_std_fraction` and `nonfinite`.
     """
+    if std not in ("unbiased", "population"):
+        raise ValueError(f"std must be 'unbiased' or 'population', got {std!r}")
+    ddof = 1 if std == "unbiased" else 0
     rewards = np.asarray(rewards, dtype=np.float64)
     if rewards.ndim != 1 or rewards.size % group_size:
         raise ValueError(f"rewards ({rewards.shape}) must be 1-D with a length that is a multiple of {group_size}")
@@ -35,16 +47,17 @@ def group_advantages(
     count = finite.sum(axis=1, keepdims=True)
     safe = np.where(finite, r, 0.0)
     mean = safe.sum(axis=1, keepdims=True) / np.maximum(count, 1)
-    var = (np.where(finite, (r - mean) ** 2, 0.0)).sum(axis=1, keepdims=True) / np.maximum(count, 1)
-    std = np.sqrt(var)
+    var = (np.where(finite, (r - mean) ** 2, 0.0)).sum(axis=1, keepdims=True) / np.maximum(count - ddof, 1)
+    group_std = np.sqrt(var)  # (num_groups, 1)
     scale_floor = 1e-12 * np.maximum(1.0, np.abs(mean))
-    degenerate = (count < 2) | (std <= scale_floor)  # (num_groups, 1)
+    degenerate = (count < 2) | (group_std <= scale_floor)  # (num_groups, 1)
     centred = np.where(finite, r - mean, 0.0)
     if scale == "group":
-        adv = centred / (std + eps)
+        adv = centred / (group_std + eps)
     elif scale == "batch":
         all_finite = rewards[np.isfinite(rewards)]
-        adv = centred / ((all_finite.std() if all_finite.size else 0.0) + eps)
+        batch_std = all_finite.std(ddof=ddof) if all_finite.size > ddof else 0.0
+        adv = centred / (batch_std + eps)
     elif scale == "none":
         adv = centred
     else:
@@ -209,9 +222,8 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
 
     # ------------------------------------------------------------------ advantages and logs
     def _compute_advantages(self, rewards, prompts, metadata=None):
-        adv, stats = group_advantages(
-            rewards, self.config.num_generations, self.config.scale_rewards, self.config.advantage_epsilon
-        )
+        c = self.config
+        adv, stats = group_advantages(rewards, c.num_generations, c.scale_rewards, c.advantage_epsilon, c.advantage_std)
         self._group_stats = stats
         return adv
 
@@ -239,6 +251,7 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 "num_generations": c.num_generations,
                 "share_initial_noise": c.share_initial_noise,
                 "scale_rewards": c.scale_rewards,
+                "advantage_std": c.advantage_std,
                 "train_skip_last_timestep": c.train_skip_last_timestep,
                 "kl_mode": c.kl_mode if c.beta else None,
                 "kl_unsafe_weight": c.kl_unsafe_weight if c.beta else None,
