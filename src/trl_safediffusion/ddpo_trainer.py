@@ -166,6 +166,7 @@ class DDPOTrainer:
         self.image_samples_callback = image_samples_hook
         self.log_history: list[dict] = []
 
+        self._log_prob_steps = self._steps_with_log_prob()
         self.num_train_timesteps = self._num_train_timesteps()
         project_kwargs = dict(config.project_kwargs)
         project_dir = project_kwargs.pop("project_dir", None) or os.path.join(
@@ -255,8 +256,27 @@ class DDPOTrainer:
         return max(1, int(self._timestep_candidates() * self.config.train_timestep_fraction))
 
     def _trainable_timestep_count(self) -> int:
-        """How many of the T steps of a trajectory are candidates for training (all of them for DDPO)."""
-        return self.config.sample_num_steps
+        """How many of the T steps of a trajectory are candidates for training (for DDPO all of them that have a
+        log-probability)."""
+        return self._log_prob_steps
+
+    def _steps_with_log_prob(self) -> int:
+        """How many steps, from the first, are stochastic. Only the last may have zero variance (a DDIM scheduler
+        with `set_alpha_to_one=True`, or a last timestep of 0): it is sampled, never trained on (its log-probability
+        does not exist)."""
+        c = self.config
+        std = self.sd_pipeline.step_std(c.sample_num_steps, c.sample_eta)  # (T,)
+        zero = [int(i) for i in torch.nonzero(std == 0).reshape(-1)]
+        if not zero:
+            return c.sample_num_steps
+        if zero != [c.sample_num_steps - 1] or c.sample_num_steps == 1:
+            raise ValueError(
+                f"steps {zero} of the {c.sample_num_steps}-step schedule have zero variance and no log-probability; "
+                "raise sample_num_steps, or set the scheduler's set_alpha_to_one=False and steps_offset=1"
+            )
+        logger.info("the last of the %d sampling steps has zero variance (scheduler set_alpha_to_one=True or a last "
+                    "timestep of 0): it is sampled but never trained on", c.sample_num_steps)
+        return c.sample_num_steps - 1
 
     def _tracker_config(self) -> dict:
         out = {}

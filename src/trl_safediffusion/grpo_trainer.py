@@ -160,7 +160,8 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
 
     # ------------------------------------------------------------------ sampling plan
     def _trainable_timestep_count(self) -> int:
-        return self.config.sample_num_steps - (1 if self.config.train_skip_last_timestep else 0)
+        skip = 1 if self.config.train_skip_last_timestep else 0
+        return min(self._log_prob_steps, self.config.sample_num_steps - skip)
 
     def _groups_per_process(self) -> int:
         c = self.config

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..schedulers.ddim_with_logprob import DDPOSchedulerOutput, ddim_step_with_logprob
+from ..schedulers.ddim_with_logprob import DDPOSchedulerOutput, ddim_step_std, ddim_step_with_logprob
 
 # Plain `logging`: accelerate's logger raises if used before an Accelerator exists (a TRL v0.23.1 defect).
 logger = logging.getLogger(__name__)
@@ -102,6 +102,11 @@ class DDPOStableDiffusionPipeline:
         raise NotImplementedError
 
     def scheduler_step(self, *args, **kwargs) -> DDPOSchedulerOutput:
+        raise NotImplementedError
+
+    def step_std(self, num_inference_steps: int, eta: float) -> torch.Tensor:
+        """(T,) standard deviation of each step of a `num_inference_steps` rollout; a step with std 0 is never
+        trained on."""
         raise NotImplementedError
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -324,6 +329,9 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         self._prompt_cache.clear()
 
     # ------------------------------------------------------------------ sampling
+    def step_std(self, num_inference_steps: int, eta: float) -> torch.Tensor:
+        return ddim_step_std(self.scheduler, num_inference_steps, eta)
+
     def scheduler_step(self, model_output, timestep, sample, eta=1.0, prev_sample=None, generator=None, noise=None):
         return ddim_step_with_logprob(
             self.scheduler, model_output, timestep, sample, eta=eta, prev_sample=prev_sample, generator=generator,

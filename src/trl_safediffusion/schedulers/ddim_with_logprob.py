@@ -40,6 +40,29 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
 
 
+def _ddim_variance(alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor) -> torch.Tensor:
+    """DDIM eq. 16's variance without eta: (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev), never negative."""
+    return ((1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)).clamp(min=0)
+
+
+def ddim_step_std(scheduler, num_inference_steps: int, eta: float = 1.0) -> torch.Tensor:
+    """Standard deviation of each of the `num_inference_steps` DDIM steps of `scheduler`'s schedule, (T,) float32.
+
+    A step whose std is 0 (the last one when the scheduler has `set_alpha_to_one=True`, its previous alpha being 1,
+    or when the last timestep is 0 with the final alpha `alphas_cumprod[0]`) is deterministic: its next latent has no log-probability, and it cannot be trained on. Calls
+    `scheduler.set_timesteps(num_inference_steps)`.
+    """
+    scheduler.set_timesteps(num_inference_steps)
+    timesteps = scheduler.timesteps.to(dtype=torch.long)
+    step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    prev = timesteps - step
+    alphas_cumprod = scheduler.alphas_cumprod.to(dtype=torch.float32)
+    final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32)
+    alpha_prod_t = alphas_cumprod.gather(0, timesteps.clamp(min=0))
+    alpha_prod_prev = torch.where(prev >= 0, alphas_cumprod.gather(0, prev.clamp(min=0)), final)
+    return eta * _ddim_variance(alpha_prod_t, alpha_prod_prev).sqrt()
+
+
 def _expand(values: torch.Tensor, ndim: int) -> torch.Tensor:
     return values.reshape(values.shape[0], *([1] * (ndim - 1)))
 
@@ -111,12 +134,18 @@ def ddim_step_with_logprob(
         raise ValueError(f"unsupported prediction_type {prediction_type!r}: use epsilon, v_prediction or sample")
 
     if scheduler.config.clip_sample:
+        # x0_hat is clipped and epsilon kept as predicted, as DDIMScheduler.step does by default
+        # (use_clipped_model_output=False), and as TRL and the SafeDiffusion-R1 reference do
         r = scheduler.config.clip_sample_range
         pred_x0 = pred_x0.clamp(-r, r)
-        pred_eps = (sample - alpha_prod_t.sqrt() * pred_x0) / beta_prod_t.sqrt()
 
-    variance = (1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)
-    std_dev_t = eta * variance.clamp(min=0).sqrt()
+    std_dev_t = eta * _ddim_variance(alpha_prod_t, alpha_prod_prev).sqrt()
+    if prev_sample is not None and bool((std_dev_t == 0).any()):
+        raise ValueError(
+            "this DDIM step has zero variance (a final step whose previous alpha equals 1 with set_alpha_to_one=True, "
+            "or equals its own at timestep 0), so a next latent has no log-probability; never train on it (the "
+            "trainers skip it)"
+        )
     direction = (1 - alpha_prod_prev - std_dev_t**2).clamp(min=0).sqrt() * pred_eps
     prev_mean = alpha_prod_prev.sqrt() * pred_x0 + direction
 
