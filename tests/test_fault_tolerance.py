@@ -142,3 +142,27 @@ def test_resume_from_bad_values(tmp_path):
         resolve_checkpoint(str(tmp_path / "f.txt"))
     with pytest.raises(ValueError, match="neither an existing folder nor a Hub repo id"):
         resolve_checkpoint("no/such/local/path")
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "unwritable"])
+def test_unwritable_final_model_folder_fails_before_training(tmp_path, where):
+    """`output_dir` (where the final model goes) is checked before the first epoch, not when training is over."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    if where == "unwritable" and os.geteuid() == 0 and not os.path.isdir("/proc/self"):
+        pytest.skip("no folder that root cannot write to")
+    output_dir = {"file": blocker, "under_a_file": blocker / "model",
+                  "unwritable": tmp_path / "ro" / "model" if os.geteuid() else "/proc/self/trl-model"}[where]
+    if where == "unwritable" and os.geteuid():
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(ValueError, match="output_dir") as info:
+        make_trainer(tmp_path / "logs", output_dir=str(output_dir))
+    assert "\n" not in str(info.value)
+    assert not os.path.exists(tmp_path / "logs" / "run" / "checkpoints" / "checkpoint_0")  # nothing trained
+    # a folder that does not exist yet is fine, and is not created before the model is saved
+    trainer = make_trainer(tmp_path / "logs2", output_dir=str(tmp_path / "new" / "model"), num_epochs=1)
+    assert not os.path.exists(tmp_path / "new")
+    trainer.train()
+    trainer.save_pretrained()
+    assert os.path.isfile(tmp_path / "new" / "model" / "pytorch_lora_weights.safetensors")

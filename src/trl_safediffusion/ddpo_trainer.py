@@ -285,6 +285,7 @@ class DDPOTrainer:
         return out
 
     def _check_output_dir_writable(self):
+        """Every folder the run writes is checked before the first epoch, so that no run ends with nowhere to save."""
         if not self.accelerator.is_main_process:
             return
         try:
@@ -298,6 +299,10 @@ class DDPOTrainer:
                 f"cannot write to the output folder {self.project_dir} ({err.strerror}); set config.logdir or "
                 "project_kwargs['project_dir'] to a writable folder"
             ) from err
+        if self.config.output_dir:
+            check_writable_folder(self.config.output_dir, "output_dir")
+        if self.config.project_kwargs.get("logging_dir"):
+            check_writable_folder(self.config.project_kwargs["logging_dir"], "project_kwargs['logging_dir']")
 
     def _setup_optimizer(self, params):
         c = self.config
@@ -1001,6 +1006,32 @@ class DDPOTrainer:
         write_training_model_card(model_dir, self._model_card_info(), lora=self.sd_pipeline.use_lora)
         self._hub_pusher.on_save(model_dir, checkpoint_dir=path if self.config.hub_strategy == "checkpoint" else None,
                                  epoch=epoch)
+
+
+def check_writable_folder(path: str, field: str) -> None:
+    """Raise a one-line `ValueError` naming `field` unless `path` is a folder that can be written, or can be created.
+
+    Nothing is left behind: a folder that does not exist yet is not created; a temporary file probes its nearest
+    existing parent.
+    """
+    import tempfile
+
+    full = os.path.abspath(os.path.expanduser(str(path)))
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ValueError(f"{field}={path!r} is a file, not a folder; set {field} to a folder to write to")
+    parent = full
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{field}={path!r} cannot be created: {parent} is a file; set {field} to a writable folder")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"cannot write to the output folder {full} for {field} ({err.strerror} in {parent}); set {field} to a "
+            "writable folder"
+        ) from err
 
 
 def _cpu_only_multiprocess() -> bool:
