@@ -8,9 +8,17 @@ import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+CLI_EXP_NAME = "trl-safediffusion"
+
 
 def _default_exp_name() -> str:
-    base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ddpo"
+    """The launching script's file name without `.py` (TRL's default); our command line is `trl-safediffusion`
+    however it is launched (console script, `python -m trl_safediffusion.cli`, torchrun, accelerate launch)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    base = os.path.basename(argv0)
+    parts = os.path.normpath(argv0).split(os.sep)
+    if base.startswith(CLI_EXP_NAME) or parts[-2:] in (["trl_safediffusion", "cli.py"], ["trl_safediffusion", "__main__.py"]):
+        return CLI_EXP_NAME
     return base[: -len(".py")] if base.endswith(".py") else (base or "ddpo")
 
 

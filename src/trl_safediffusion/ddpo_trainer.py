@@ -631,7 +631,10 @@ class DDPOTrainer:
             self.unet.train()
             n_mb = n_local // c.train_batch_size
             info = defaultdict(list)
-            for mb in range(n_mb):
+            from tqdm.auto import tqdm
+
+            for mb in tqdm(range(n_mb), desc=f"Epoch {epoch}: training", leave=False,
+                           disable=not self.accelerator.is_local_main_process or n_mb < 2):
                 idx = perm_d[mb * c.train_batch_size : (mb + 1) * c.train_batch_size]
                 t_idx = time_idx[idx]  # (b, k)
                 rows = idx[:, None].expand_as(t_idx)
@@ -688,6 +691,11 @@ class DDPOTrainer:
         samples = {k: torch.cat([s[k] for s in samples]) for k in samples[0]}
         local_rewards = torch.cat([r for r, _ in reward_results])
         rewards = self.accelerator.gather(local_rewards).cpu().double().numpy()
+        if not np.isfinite(rewards).any() and self.accelerator.is_main_process:
+            logger.warning(
+                "epoch %d: all %d rewards are NaN or infinite, so every advantage is 0 and this epoch trains nothing; "
+                "check the reward function", epoch, rewards.size,
+            )
         prompts = gather_object(list(plan.prompts)) if self.accelerator.num_processes > 1 else list(plan.prompts)
         metadata = gather_object(list(plan.metadata)) if self.accelerator.num_processes > 1 else list(plan.metadata)
         advantages = self._compute_advantages(rewards, prompts, metadata)
@@ -789,16 +797,58 @@ class DDPOTrainer:
         global_step = self.global_step
         from tqdm.auto import tqdm
 
-        for epoch in tqdm(range(self.first_epoch, epochs), desc="Training", initial=self.first_epoch, total=epochs,
-                          disable=not self.accelerator.is_local_main_process):
-            global_step = self.step(epoch, global_step)
-            self.global_step = global_step
-            self.first_epoch = epoch + 1
+        if self.first_epoch >= epochs and getattr(self, "resumed_from", None) and self.accelerator.is_main_process:
+            logger.warning(
+                "resumed from %s, which has already trained %d epochs (num_epochs=%d): nothing to train; raise "
+                "num_epochs to train further", self.resumed_from, self.first_epoch, epochs,
+            )
+        bar = tqdm(range(self.first_epoch, epochs), desc="Training", initial=self.first_epoch, total=epochs,
+                   disable=not self.accelerator.is_local_main_process)
+        epoch = self.first_epoch
+        try:
+            for epoch in bar:
+                global_step = self.step(epoch, global_step)
+                self.global_step = global_step
+                self.first_epoch = epoch + 1
+                summary = self._epoch_summary(epoch, epochs)
+                if self.config.log_with is None and self.accelerator.is_local_main_process:
+                    bar.write(summary)  # no tracker: the only place a user sees how training goes
+        except KeyboardInterrupt:
+            if self.accelerator.is_main_process:
+                logger.warning("%s", self._interrupt_message(epoch))
+            raise
         self.accelerator.wait_for_everyone()
         if self.config.push_to_hub:
             self._push_final()
         self._flush_trackers()
         return global_step
+
+    def _epoch_summary(self, epoch: int, epochs: int) -> str:
+        """One line on `epoch` from its logs: reward mean and std (by label where logged), mean loss and KL terms."""
+        records = [r for r in self.log_history if r.get("epoch") == epoch]
+        parts = [f"epoch {epoch + 1}/{epochs}"]
+        for r in records:
+            if "reward_mean" in r:
+                parts.append(f"reward {r['reward_mean']:.4g} +- {r['reward_std']:.3g}")
+                parts.extend(f"{k[len('reward/'):-len('/mean')]} {v:.4g}" for k, v in r.items()
+                             if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2)
+        for name in ("loss", "approx_kl", "clipfrac", "kl", "structure"):
+            values = [r[f"train/{name}"] for r in records if f"train/{name}" in r]
+            if values:
+                parts.append(f"{name} {sum(values) / len(values):.3g}")
+        line = ", ".join(parts)
+        logger.info("%s", line)
+        return line
+
+    def _interrupt_message(self, epoch: int) -> str:
+        """What an interrupted run leaves behind and how to continue it, in one line."""
+        found = list_checkpoints(self.checkpoint_dir)
+        if not found:
+            return (f"training interrupted during epoch {epoch}: no checkpoint saved (save_freq="
+                    f"{self.config.save_freq}), nothing to resume from")
+        last_epoch, path = found[-1]
+        return (f"training interrupted during epoch {epoch}: the last checkpoint, after epoch {last_epoch}, is {path}; "
+                f"continue with --resume_from {path} (resume_from={path!r} in the Python API)")
 
     def _flush_trackers(self):
         """Write out what the trackers buffer but keep them open: `train()` may be called again (a guidance curriculum
