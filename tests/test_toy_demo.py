@@ -91,3 +91,24 @@ def test_bad_trainer_settings_fail_before_the_first_evaluation(tmp_path, monkeyp
     monkeypatch.setattr(demo, "_evaluate", evaluate_called)
     with pytest.raises(ValueError, match="train_batch_size"):
         run_demo(str(tmp_path / "demo"), DemoSettings(sample_batch_size=16, train_batch_size=32), device="cpu")
+
+
+@pytest.mark.skipif(not _assets_present(), reason="toy assets not shipped in this checkout")
+def test_demo_and_toy_evaluations_show_a_progress_bar(capsys):
+    from trl_safediffusion.toy.evaluate import evaluate_pipeline
+    from trl_safediffusion.toy.pipeline import load_toy_pipeline
+
+    pipe = load_toy_pipeline(device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    settings = DemoSettings(eval_images=2, eval_steps=2)
+    capsys.readouterr()
+    _evaluate(pipe, settings, desc="evaluating the pretrained model", progress=True)
+    err = capsys.readouterr().err
+    # one bar over every image of every split, advanced batch by batch
+    assert "evaluating the pretrained model" in err and f"{2 * len(EVAL_SPLITS)}/{2 * len(EVAL_SPLITS)}" in err
+    _evaluate(pipe, settings, progress=False)
+    assert "evaluating" not in capsys.readouterr().err
+    evaluate_pipeline(pipe, images_per_split=2, splits=("eval_red", "eval_benign"), num_inference_steps=2,
+                      progress=True)
+    err = capsys.readouterr().err
+    assert "evaluating" in err and "4/4" in err

@@ -624,20 +624,15 @@ def run_evaluate(argv: list[str] | None = None):
     return result
 
 
-def run_demo(argv: list[str] | None = None):
-    """`trl-safediffusion demo`: the embedded toy-world demo (train, evaluate, report) on CPU."""
-    parser = argparse.ArgumentParser(prog=f"{PROG} demo", description="Run the embedded toy-world demo.",
-                                     allow_abbrev=False)
-    parser.add_argument("--output_dir", default="outputs/toy_demo", help="Folder of the demo's report and images.")
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        raise CLIError(f"demo: unknown arguments {unknown}; only --output_dir is accepted")
+def run_demo(argv: list[str] | None = None) -> dict:
+    """`trl-safediffusion demo`: the embedded toy-world demo (train, evaluate, print the before/after summary), with
+    the flags, defaults and output folder of `make demo` (`examples/toy_demo.py`); returns its metrics."""
     try:
-        from .toy.demo import run_demo as toy_run_demo
+        from .toy.demo import main as toy_demo_main
     except ImportError as err:
-        raise CLIError("demo: trl_safediffusion.toy.demo.run_demo is not available in this installation; run "
+        raise CLIError("demo: trl_safediffusion.toy.demo is not available in this installation; run "
                        "`python examples/toy_demo.py` from a source checkout") from err
-    return toy_run_demo(output_dir=args.output_dir)
+    return toy_demo_main(argv, prog=f"{PROG} demo")
 
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "demo": run_demo}

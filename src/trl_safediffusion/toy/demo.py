@@ -9,6 +9,7 @@ pipeline in diffusers format with a model card.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
+DEFAULT_OUTPUT_DIR = "outputs/toy-demo"
 
 
 @dataclass
@@ -32,7 +34,7 @@ class DemoSettings:
     [`~trl_safediffusion.toy.ObjectMap`]) on `red` prompts, 256 rollouts per epoch, each trained on one step drawn
     from the first half of its trajectory (where the colour is decided). `make demo` with them (216 images per split)
     took the `red` unsafe rate from 98.6% to 7.4% (crimson 2.8%, scarlet 12.5%), and lost 1.4 points of benign
-    all-correct, 3.7 of red-family shape and 2.9 of red-family count accuracy: every target of issue 4. Over seeds
+    all-correct, 3.7 of red-family shape and 2.9 of red-family count accuracy: every target of [`summarize`]. Over seeds
     0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.5, shape -3.6 and count
     -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on average) but shape and count lost 6.0 and
     6.2 points. docs/toy_world.md has the numbers and the trials.
@@ -40,13 +42,17 @@ class DemoSettings:
     Args:
         epochs (`int`): GRPO epochs.
         num_generations (`int`): group size.
-        sample_batch_size (`int`), sample_num_batches_per_epoch (`int`): samples per epoch = their product.
+        sample_batch_size (`int`): images per sampling batch (an epoch samples sample_batch_size x
+            sample_num_batches_per_epoch images).
+        sample_num_batches_per_epoch (`int`): sampling batches per epoch.
         train_batch_size (`int`): training minibatch.
         sample_num_steps (`int`): DDIM steps in training rollouts.
-        learning_rate (`float`), clip_range (`float`): optimiser and PPO clip range.
+        learning_rate (`float`): learning rate of the optimiser (stage 1).
+        clip_range (`float`): PPO clip range.
         beta (`float`): weight of the KL penalty to the pretrained UNet.
-        kl_mode (`str`), kl_unsafe_weight (`float`): what the KL compares and its weight on `red` prompts (see
-            `SafeDDPOGRPOConfig`).
+        kl_mode (`str`): what the KL penalty compares (see `SafeDDPOGRPOConfig`).
+        kl_unsafe_weight (`float`): weight of the KL penalty on `red` prompts (see `SafeDDPOGRPOConfig`).
+        adv_clip_max (`float`): advantages are clipped to [-adv_clip_max, adv_clip_max] (`train_adv_clip_max`).
         alpha (`float`): steering strength of the CLIP reward.
         steering_mode (`str`): "projection" (default here) or "translate" (the paper's default). On the toy CLIP,
             translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
@@ -59,15 +65,17 @@ class DemoSettings:
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
         guidance_scale (`float`): classifier-free guidance at evaluation.
         train_guidance_scale (`float`): guidance of the training rollouts (`sample_guidance_scale`).
-        stage2_epochs (`int`), stage2_guidance_scale (`float`): the last `stage2_epochs` of the `epochs` sample their
-            rollouts at `stage2_guidance_scale` instead (a guidance curriculum: explore at low guidance first, then
-            train where the model is used). 0 keeps one stage.
+        stage2_epochs (`int`): the last `stage2_epochs` of the `epochs` sample their rollouts at
+            `stage2_guidance_scale` instead (a guidance curriculum: explore at low guidance first, then train where the
+            model is used). 0 keeps one stage.
+        stage2_guidance_scale (`float`): guidance of the training rollouts in stage 2.
         stage2_learning_rate (`float`): learning rate of stage 2; 0 scales `learning_rate` by
             `train_guidance_scale / stage2_guidance_scale`, since guidance multiplies the change a weight update makes
             to the guided step (full UNet at lr 8e-5 unscaled: stage 2 cost benign colour accuracy 99 -> 73%).
         seed (`int`): seed of training and of the evaluation noise.
         use_lora (`bool`): train LoRA adapters instead of the full UNet.
-        lora_rank (`int`), lora_alpha (`float`): LoRA rank and alpha (scale alpha / rank).
+        lora_rank (`int`): LoRA rank.
+        lora_alpha (`float`): LoRA alpha (the adapter scale is alpha / rank).
         lora_target_modules (`str`): comma-separated UNet module names that get adapters, e.g. "attn2.to_k,attn2.to_v"
             (cross-attention only); empty for the pipeline's default (every attention projection).
         trainable_modules (`str`): under full fine-tuning, comma-separated parts of UNet parameter names to train
@@ -129,9 +137,9 @@ def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
     return {**anchors, "safe": safe or anchors["safe"]}
 
 
-def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, **pipe_kwargs):
+def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, progress_bar=None, **pipe_kwargs):
     """Deterministic evaluation images: image i uses the noise of seed (seed, i) whatever the batch. `pipe_kwargs`
-    (e.g. `callback_on_step_end`) go to every pipeline call."""
+    (e.g. `callback_on_step_end`) go to every pipeline call; `progress_bar` (a tqdm bar) advances by each batch."""
 
     images = []
     for start in range(0, len(rows), batch_size):
@@ -142,18 +150,30 @@ def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, **pipe_kwargs
             output_type="pt", **pipe_kwargs,
         )
         images.append(out.images.float().cpu())
+        if progress_bar is not None:
+            progress_bar.update(len(chunk))
     return torch.cat(images)
 
 
-def _evaluate(pipe, settings: DemoSettings, reward=None) -> tuple[dict, dict]:
+def _evaluate(pipe, settings: DemoSettings, reward=None, desc: str = "evaluating",
+              progress: bool | None = None) -> tuple[dict, dict]:
+    """Sample `settings.eval_images` images per split of `EVAL_SPLITS` and score them (and with `reward`, its mean).
+
+    `progress`: a progress bar over all the images (`desc` is its title); `None` shows it only on a terminal."""
+    from tqdm.auto import tqdm
+
     from .detectors import score
     from .world import cycled_rows, prompt_sets
 
     sets = prompt_sets()
     metrics, images = {}, {}
+    bar = tqdm(total=len(EVAL_SPLITS) * settings.eval_images, desc=desc, unit="img",
+               disable=None if progress is None else not progress)
     for split in EVAL_SPLITS:
         rows = cycled_rows(sets[split], settings.eval_images)
-        imgs = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1)
+        bar.set_postfix_str(split)
+        imgs = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
+                            progress_bar=bar)
         m = score(imgs, rows)
         if reward is not None:
             r, meta = reward(imgs, [row["prompt"] for row in rows], None)
@@ -161,6 +181,7 @@ def _evaluate(pipe, settings: DemoSettings, reward=None) -> tuple[dict, dict]:
             m["image_safety_mean"] = float(torch.as_tensor(meta["image_safety"]).float().mean())
         metrics[split] = m
         images[split] = (imgs, rows)
+    bar.close()
     return metrics, images
 
 
@@ -172,7 +193,7 @@ def _grid(before: dict, after: dict, path: str, per_split: int = 6):
     for split in EVAL_SPLITS:
         b_imgs, rows_meta = before[split]
         a_imgs, _ = after[split]
-        for i in range(per_split):
+        for i in range(min(per_split, len(rows_meta))):  # fewer rows when a short run evaluates fewer images
             idx = i * max(1, len(rows_meta) // per_split)
             rows.append((rows_meta[idx]["prompt"], b_imgs[idx], a_imgs[idx]))
     width = label_w + 2 * (cell + pad)
@@ -232,7 +253,9 @@ def _reward_curve(history: list[dict], path: str):
 
 
 def summarize(before: dict, after: dict) -> tuple[dict, dict]:
-    """The demo's summary (before, after) of its per-split metrics, and which of issue 4's targets are met.
+    """The demo's summary (before, after) of its per-split metrics, and which of its targets are met: the `red`
+    unsafe rate at most 10% after training, and at most 3 points of benign all-correct and 5 points of red-family
+    shape and count accuracy lost.
 
     `before` and `after` map each of `EVAL_SPLITS` to a [`~trl_safediffusion.toy.detectors.score`] report. Returns
     `(summary, targets)`: the unsafe rate per red-family word, benign all-correct accuracy and red-family shape and
@@ -257,34 +280,17 @@ def summarize(before: dict, after: dict) -> tuple[dict, dict]:
     return summary, targets
 
 
-def run_demo(
-    output_dir: str = "outputs/toy-demo",
-    settings: DemoSettings | None = None,
-    device: str | None = None,
-    pipeline_path: str | None = None,
-    clip_folder: str | None = None,
-) -> dict:
-    """Run the toy SafeDiffusion-R1 demo and write its artefacts to `output_dir`. Returns the metrics dict.
+def trainer_config(settings: DemoSettings, output_dir: str):
+    """The `SafeDDPOGRPOConfig` of the demo's training (stage 1; stage 2 changes guidance and learning rate).
 
-    `pipeline_path` / `clip_folder` replace the shipped toy pipeline / toy CLIP (e.g. ones you retrained)."""
-    from ..data import mix_prompts
+    Raises:
+        `ValueError`: naming the setting, when the settings do not make a valid run.
+    """
     from ..grpo_config import SafeDDPOGRPOConfig
-    from ..grpo_trainer import SafeDDPOGRPOTrainer
-    from ..pipelines import DefaultDDPOStableDiffusionPipeline
-    from .clip import toy_steering_reward
-    from .pipeline import load_toy_pipeline
-    from .world import prompt_sets
 
-    settings = settings or DemoSettings()
     if not 0 <= settings.stage2_epochs <= settings.epochs:
         raise ValueError(f"stage2_epochs must be in [0, epochs={settings.epochs}], got {settings.stage2_epochs}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    os.makedirs(output_dir, exist_ok=True)
-    start = time.time()
-    torch.manual_seed(settings.seed)
-
-    # the trainer config first: a bad setting fails here, not after the minutes of the first evaluation
-    config = SafeDDPOGRPOConfig(
+    return SafeDDPOGRPOConfig(
         num_epochs=settings.epochs,
         sample_num_steps=settings.sample_num_steps,
         sample_guidance_scale=settings.train_guidance_scale,
@@ -309,12 +315,42 @@ def run_demo(
         logdir=os.path.join(output_dir, "runs"),
         exp_name="toy-demo",
     )
+
+
+def run_demo(
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+    settings: DemoSettings | None = None,
+    device: str | None = None,
+    pipeline_path: str | None = None,
+    clip_folder: str | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Run the toy SafeDiffusion-R1 demo and write its artefacts to `output_dir`. Returns the metrics dict.
+
+    `pipeline_path` / `clip_folder` replace the shipped toy pipeline / toy CLIP (e.g. ones you retrained).
+    `progress` shows progress bars on the evaluations before and after training (`None`: only on a terminal)."""
+    from ..data import mix_prompts
+    from ..grpo_trainer import SafeDDPOGRPOTrainer
+    from ..pipelines import DefaultDDPOStableDiffusionPipeline
+    from .clip import toy_steering_reward
+    from .pipeline import load_toy_pipeline
+    from .world import prompt_sets
+
+    settings = settings or DemoSettings()
+    # the trainer config first: a bad setting fails here, not after the minutes of the first evaluation
+    config = trainer_config(settings, output_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    os.makedirs(output_dir, exist_ok=True)
+    start = time.time()
+    torch.manual_seed(settings.seed)
+
     reward = toy_steering_reward(demo_anchors(settings), alpha=settings.alpha, mode=settings.steering_mode,
                                  device=device, folder=clip_folder)
     base = load_toy_pipeline(device=device, path=pipeline_path)
     base.set_progress_bar_config(disable=True)
     logger.info("evaluating the pretrained toy pipeline (%d images per split)", settings.eval_images)
-    before_metrics, before_images = _evaluate(base, settings, reward)
+    before_metrics, before_images = _evaluate(base, settings, reward, desc="evaluating the pretrained model",
+                                              progress=progress)
 
     sets = prompt_sets()
     red = [r for r in sets["train"] if r["unsafe"]]
@@ -358,7 +394,8 @@ def run_demo(
     trained = StableDiffusionPipeline.from_pretrained(model_dir).to(device)
     trained.set_progress_bar_config(disable=True)
     logger.info("evaluating the trained pipeline")
-    after_metrics, after_images = _evaluate(trained, settings, reward)
+    after_metrics, after_images = _evaluate(trained, settings, reward, desc="evaluating the trained model",
+                                            progress=progress)
 
     _grid(before_images, after_images, os.path.join(output_dir, "before_after.png"))
     sweep = _alpha_sweep(reward, before_images, os.path.join(output_dir, "alpha_sweep.png"))
@@ -387,29 +424,96 @@ def run_demo(
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import argparse
+def _settings_help() -> dict[str, str]:
+    """The help text of each `DemoSettings` field, from its docstring's Args section."""
+    import re
 
-    parser = argparse.ArgumentParser(description="SafeDiffusion-R1 on the embedded toy world (CPU, minutes).")
-    parser.add_argument("--output-dir", default="outputs/toy-demo")
-    parser.add_argument("--pipeline-path", default=None, help="a toy pipeline folder to use instead of the shipped one")
-    parser.add_argument("--clip-folder", default=None, help="a toy CLIP folder to use instead of the shipped one")
-    defaults = DemoSettings()
-    for key, value in asdict(defaults).items():
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(value, bool) else type(value)
-        parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=value)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("trl_safediffusion.ddpo_trainer", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = DemoSettings(**{k: getattr(args, k) for k in asdict(defaults)})
-    result = run_demo(args.output_dir, settings, pipeline_path=args.pipeline_path, clip_folder=args.clip_folder)
-    s = result["summary"]
-    print(f"\nSafeDiffusion-R1 toy demo ({result['total_seconds']:.0f} s; artefacts in {args.output_dir})")
-    for key, (before, after) in s.items():
-        print(f"  {key:22s} before {before:6.1%}   after {after:6.1%}")
+    doc = DemoSettings.__doc__.split("Args:", 1)[1]
+    entries = re.split(r"\n {8}(?=\w)", "\n" + doc)
+    help_text = {}
+    for entry in entries:
+        head, sep, text = entry.partition("): ")
+        if not sep:
+            continue
+        text = " ".join(text.split())
+        for name in re.findall(r"(\w+) \(`", head + ")"):
+            help_text[name] = text
+    return help_text
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line of the demo, shared by `examples/toy_demo.py` (`make demo`) and `trl-safediffusion demo`.
+
+    Every flag has a dash and an underscore spelling (`--output-dir` / `--output_dir`); every `DemoSettings` field is
+    a flag with the measured default.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, allow_abbrev=False,
+        description="SafeDiffusion-R1 on the embedded toy world (CPU, minutes): train the shipped toy pipeline, "
+        "evaluate it before and after with exact detectors, and print the before/after summary.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+
+    def add(name: str, **kwargs):
+        dashed = name.replace("_", "-")
+        flags = [f"--{dashed}"] + ([f"--{name}"] if dashed != name else [])
+        parser.add_argument(*flags, dest=name, **kwargs)
+
+    add("output_dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
+        help="folder of metrics.json, the figures and the trained pipeline")
+    add("pipeline_path", default=None, metavar="DIR", help="a toy pipeline folder to use instead of the shipped one")
+    add("clip_folder", default=None, metavar="DIR", help="a toy CLIP folder to use instead of the shipped one")
+    add("device", default=None, help="torch device, e.g. cpu or cuda (None: cuda when available, else cpu)")
+    settings_help = _settings_help()
+    for key, value in asdict(DemoSettings()).items():
+        kind = _parse_bool if isinstance(value, bool) else type(value)
+        add(key, type=kind, default=value, metavar=type(value).__name__.upper(), help=settings_help.get(key, "").replace("%", "%%"))
+    return parser
+
+
+def format_summary(result: dict, output_dir: str) -> str:
+    """The before/after summary the demo prints: the metrics of [`summarize`] and which targets are met."""
+    lines = [f"SafeDiffusion-R1 toy demo ({result['total_seconds']:.0f} s; artefacts in {output_dir})"]
+    for key, (before, after) in result["summary"].items():
+        lines.append(f"  {key:22s} before {before:6.1%}   after {after:6.1%}")
     for name, ok in result["targets_met"].items():
-        print(f"  [{'x' if ok else ' '}] {name}")
+        lines.append(f"  [{'x' if ok else ' '}] {name}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """Run the demo from command-line arguments (see [`build_parser`]), print its summary and return its metrics.
+
+    Bad settings and an unusable `--output-dir` stop with a one-line usage error before anything runs."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    settings = DemoSettings(**{k: getattr(args, k) for k in asdict(DemoSettings())})
+    try:
+        trainer_config(settings, args.output_dir)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+    except OSError as err:
+        parser.error(f"--output-dir {args.output_dir}: {err.strerror or err}; choose a writable folder")
+    if not os.access(args.output_dir, os.W_OK):
+        parser.error(f"--output-dir {args.output_dir}: not writable; choose a writable folder")
+    if not logging.getLogger().handlers:  # run as a script: show the demo's progress messages
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        for noisy in ("trl_safediffusion.ddpo_trainer", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    result = run_demo(args.output_dir, settings, device=args.device, pipeline_path=args.pipeline_path,
+                      clip_folder=args.clip_folder)
+    print("\n" + format_summary(result, args.output_dir))
     return result
 
 

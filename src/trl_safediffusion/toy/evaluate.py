@@ -32,8 +32,10 @@ def sample_images(
     guidance_scale: float = TOY_GUIDANCE_SCALE,
     batch_size: int = 64,
     generator: torch.Generator | None = None,
+    progress_bar=None,
 ) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] for `prompts`, in batches, with DDIM (eta 0) and classifier-free guidance."""
+    """Images (B, 3, H, W) in [0, 1] for `prompts`, in batches, with DDIM (eta 0) and classifier-free guidance.
+    `progress_bar` (a tqdm bar), when given, advances by each batch's images."""
     chunks = []
     for i in range(0, len(prompts), batch_size):
         out = pipe(
@@ -44,6 +46,8 @@ def sample_images(
             output_type="pt",
         )
         chunks.append(out.images.float().cpu())
+        if progress_bar is not None:
+            progress_bar.update(len(chunks[-1]))
     return torch.cat(chunks)
 
 
@@ -55,21 +59,31 @@ def evaluate_pipeline(
     guidance_scale: float = TOY_GUIDANCE_SCALE,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool | None = None,
 ) -> dict[str, dict[str, float]]:
     """[`score`] of `images_per_split` samples for each prompt split (prompts cycled in order).
+
+    `progress` shows a progress bar over all the images (`None`: only on a terminal).
 
     Returns:
         `dict`: split name -> `{count, shape, colour, all_correct, unsafe_rate, n}`.
     """
+    from tqdm.auto import tqdm
+
     sets = prompt_sets()
     generator = torch.Generator("cpu").manual_seed(seed)
     report = {}
+    bar = tqdm(total=len(splits) * images_per_split, desc="evaluating", unit="img",
+               disable=None if progress is None else not progress)
     for split in splits:
         rows = cycled_rows(sets[split], images_per_split)
         start = time.time()
-        images = sample_images(pipe, [r["prompt"] for r in rows], num_inference_steps, guidance_scale, batch_size, generator)
+        bar.set_postfix_str(split)
+        images = sample_images(pipe, [r["prompt"] for r in rows], num_inference_steps, guidance_scale, batch_size,
+                               generator, progress_bar=bar)
         report[split] = score(images, rows)
         logger.info("%s: %s (%.0fs)", split, report[split], time.time() - start)
+    bar.close()
     return report
 
 
