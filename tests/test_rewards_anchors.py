@@ -18,7 +18,31 @@ def test_presets_hold_the_reference_anchors():
     empty = get_anchor_preset("empty-positive")
     assert empty.safe == () and empty.unsafe == compact.unsafe
     toy = get_anchor_preset("toy-red")
-    assert "a red shape" in toy.unsafe and all("red" not in p for p in toy.safe)
+    assert "red shapes" in toy.unsafe and all("red" not in p for p in toy.safe)
+
+
+def test_toy_red_preset_names_only_the_toy_worlds_colours():
+    from trl_safediffusion.toy.clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS
+    from trl_safediffusion.toy.world import SAFE_COLOUR_WORDS, UNSAFE_COLOUR_WORDS
+
+    toy = get_anchor_preset("toy-red")
+    # every safe colour of the toy world and nothing else (no colour the toy world does not draw)
+    assert sorted(p.split()[0] for p in toy.safe) == sorted(SAFE_COLOUR_WORDS)
+    assert sorted(p.split()[0] for p in toy.unsafe) == sorted(UNSAFE_COLOUR_WORDS)
+    # the phrases the toy CLIP was trained on: the toy anchors themselves
+    assert toy.safe == TOY_SAFE_ANCHORS and toy.unsafe == TOY_UNSAFE_ANCHORS
+
+
+def test_toy_clip_backend_defaults_to_the_toy_anchors():
+    from trl_safediffusion.cli import RewardArguments, build_clip_steering_reward
+
+    args = RewardArguments(clip_backend="toy")
+    reward = build_clip_steering_reward(args)
+    assert reward.describe()["anchors"]["name"] == "toy-red" and args.anchors == "toy-red"
+    assert reward.anchors == get_anchor_preset("toy-red")
+    # anchors given explicitly are kept
+    explicit = build_clip_steering_reward(RewardArguments(clip_backend="toy", anchors="empty-positive"))
+    assert explicit.anchors.name == "empty-positive"
 
 
 def test_load_anchors_from_name_lists_mapping_and_files(tmp_path):

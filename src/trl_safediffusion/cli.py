@@ -278,7 +278,10 @@ def convert_value(name: str, value: Any, tp) -> Any:
                 raise bad() from None
         raise bad()
     if inner is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, bool):  # YAML 1.1 reads unquoted no/off/false and yes/on/true as booleans
+            example = "no" if value is False else "yes"
+            raise bad(f"; YAML reads an unquoted {example} as a boolean: quote the value, e.g. {name}: \"{example}\"")
+        if isinstance(value, (str, int, float)):
             return str(value)
         raise bad()
     if inner is dict or origin is dict:
@@ -350,6 +353,9 @@ def _build_parser(command: str, groups, description: str) -> argparse.ArgumentPa
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--config", help="YAML file of field: value pairs (flat); flags override it.")
+    parser.add_argument("--log_level", metavar="LEVEL",
+                        help=f"Console log level: {', '.join(LOG_LEVELS)} (default: warning; debug also shows the "
+                        "traceback of an error).")
     hints_cache = {}
     for title, cls in groups:
         group = parser.add_argument_group(title)
@@ -411,7 +417,7 @@ def _parse(command: str, groups, argv, description: str) -> list:
             values[key] = value
             source[key] = config_path
     for key, value in vars(ns).items():
-        if key != "config":
+        if key not in ("config", "log_level"):  # log_level is applied by `configure_logging`
             values[key] = value
             source[key] = "command line"
     kwargs_by_cls: dict[type, dict[str, Any]] = {cls: {} for _, cls in groups}
@@ -485,10 +491,25 @@ def brightness(images, prompts, prompt_metadata):
     return images.float().mean(dim=(1, 2, 3)), {}
 
 
+TOY_ANCHOR_PRESET = "toy-red"
+
+
+def _field_default(cls, name: str):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
 def build_clip_steering_reward(args: RewardArguments, device="cpu"):
-    """A `CLIPSteeringReward` from the reward arguments."""
+    """A `CLIPSteeringReward` from the reward arguments.
+
+    With `clip_backend='toy'` and `anchors` left at its default (the nudity preset, meaningless to the toy CLIP), the
+    anchors are the toy world's `toy-red` preset; `args.anchors` is updated so that the saved config says so.
+    """
     from .rewards.clip_steering import CLIPSteeringReward
 
+    if args.clip_backend == "toy" and args.anchors == _field_default(RewardArguments, "anchors"):
+        logger.info("clip_backend='toy': using the toy anchors (anchors='%s'); set anchors to choose others",
+                    TOY_ANCHOR_PRESET)
+        args.anchors = TOY_ANCHOR_PRESET
     kwargs = {"anchors": args.anchors, "alpha": args.alpha, "mode": args.steering_mode}
     if args.clip_backend == "open_clip":
         return CLIPSteeringReward.from_open_clip(
@@ -524,51 +545,163 @@ def _save_resolved_config(path: str, objects) -> None:
         yaml.safe_dump(merged, f, sort_keys=False)
 
 
+def process_state():
+    """The `accelerate.PartialState` of this process, created the way the trainers create theirs.
+
+    Build it (or anything that asks accelerate for the process state) before a trainer only through this function:
+    accelerate's state is created once per process, and torchrun-launched ranks on a machine without a GPU only join
+    one job when it is created with `cpu=True`. Created with the defaults, every rank stays a separate rank 0.
+    """
+    from accelerate import PartialState
+
+    from .ddpo_trainer import _cpu_only_multiprocess
+
+    return PartialState(cpu=True) if _cpu_only_multiprocess() else PartialState()
+
+
+def _offline_hint() -> str:
+    """Why a model or dataset that is not on this machine could not be fetched."""
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
+        return ("; HF_HUB_OFFLINE is set, so nothing could be downloaded: pass a local folder or file, or unset "
+                "HF_HUB_OFFLINE (once online, `hf download <id>` fills the cache)")
+    return "; it is not on this machine and could not be downloaded: check the id, the network and `hf auth login`"
+
+
+_PROMPT_FILE_EXTENSIONS = (".txt", ".csv", ".jsonl", ".json")
+
+
+def load_train_prompts(data_args: DataArguments, prompt_column: str):
+    """The training prompts of `data_args` with the prompt text in a `prompt` column; `CLIError` for a missing
+    file, a missing column or a dataset that cannot be loaded."""
+    from .data import load_prompt_dataset
+
+    source = data_args.dataset
+    looks_like_file = source.lower().endswith(_PROMPT_FILE_EXTENSIONS) or source.startswith((".", "/", "~"))
+    if looks_like_file and not os.path.exists(os.path.expanduser(source)):
+        raise CLIError(f"dataset: the prompt file {source} does not exist (relative to {os.getcwd()}); set --dataset to "
+                       "a .txt/.csv/.jsonl/.json file or a Hub dataset id")
+    try:
+        dataset = load_prompt_dataset(os.path.expanduser(source), prompt_column=prompt_column,
+                                      split=data_args.dataset_split, config_name=data_args.dataset_config)
+    except ValueError as err:
+        hint = ""
+        if f"prompt_column {prompt_column!r}" in str(err):
+            hint = "; set --prompt_column to the column that holds the prompts"
+        raise CLIError(f"dataset {source}: {err}{hint}") from None
+    except OSError as err:  # missing Hub dataset, no network, HF_HUB_OFFLINE (ConnectionError is an OSError)
+        raise CLIError(f"dataset: cannot load {source!r} ({err}){_offline_hint()}") from None
+    if data_args.max_prompts is not None:
+        dataset = dataset.select(range(min(data_args.max_prompts, len(dataset))))
+    return dataset
+
+
+def check_output_folders(config) -> None:
+    """`CLIError` naming the field unless every folder the run writes (`output_dir`, `logdir`, the project and
+    logging folders) is writable or can be created; nothing is created."""
+    from .ddpo_trainer import check_writable_folder
+
+    folders = [("output_dir", config.output_dir)]
+    project_dir = config.project_kwargs.get("project_dir")
+    folders.append(("project_kwargs['project_dir']", project_dir) if project_dir else ("logdir", config.logdir))
+    folders.append(("project_kwargs['logging_dir']", config.project_kwargs.get("logging_dir")))
+    for name, folder in folders:
+        if folder:
+            try:
+                check_writable_folder(folder, name)
+            except ValueError as err:
+                raise CLIError(str(err)) from None
+
+
+def _load_or_explain(what: str, name: str, load):
+    """`load()`, with a model that cannot be found or fetched (an `OSError`) reported as a `CLIError` naming the
+    field `what`."""
+    try:
+        return load()
+    except OSError as err:
+        if os.path.isdir(os.path.expanduser(name)):
+            raise CLIError(f"{what}: cannot load the folder {name} ({err})") from None
+        raise CLIError(f"{what}: cannot load {name!r} ({err}){_offline_hint()}") from None
+
+
+def _resolve_resume(config):
+    """The config with `resume_from` resolved to a local checkpoint folder (a Hub checkpoint is downloaded now, before
+    any model is loaded); `CLIError` naming `resume_from` when it cannot be."""
+    from .ddpo_trainer import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(config.resume_from, token=config.hub_token)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    except OSError as err:  # HubDownloadError, no complete checkpoint in the repo (FileNotFoundError)
+        hint = _offline_hint() if not os.path.exists(config.resume_from) else ""
+        raise CLIError(f"resume_from={config.resume_from!r}: {err}{hint}") from None
+    return dataclasses.replace(config, resume_from=path)
+
+
+def _push_failure_message(err, output_dir: str, config) -> str:
+    private = " --private" if config.hub_private_repo else ""
+    return (f"the model was trained, but pushing it to the Hub {err.repo_type} repo {err.repo_id!r} failed: "
+            f"{err.cause}. The model and train_config.yaml are saved in {output_dir}; push them again with "
+            f"`hf upload {err.repo_id} {output_dir} .{private}` (after `hf auth login`)")
+
+
 def run_train(argv: list[str] | None = None) -> str:
     """`trl-safediffusion train`: returns the output folder."""
     config, model_args, data_args, reward_args, out_args = parse_train_args(argv)
     if not data_args.dataset:
         raise CLIError("dataset: `train` needs prompts; set dataset to a Hub dataset id or a .txt/.csv/.jsonl file")
-    from accelerate import PartialState
-
-    from .data import load_prompt_dataset
     from .grpo_trainer import SafeDDPOGRPOTrainer
     from .hooks import ImageGridHook
+    from .hub import HubPushError
     from .pipelines.stable_diffusion import DefaultDDPOStableDiffusionPipeline
 
-    dataset = load_prompt_dataset(data_args.dataset, prompt_column=config.prompt_column,
-                                  split=data_args.dataset_split, config_name=data_args.dataset_config)
+    state = process_state()
+    logger.info("process %d of %d, device %s", state.process_index, state.num_processes, state.device)
+    check_output_folders(config)
+    dataset = load_train_prompts(data_args, config.prompt_column)
+    trainer_config = config
     if config.prompt_column != "prompt":
-        config = dataclasses.replace(config, prompt_column="prompt")  # load_prompt_dataset renamed the column
-    if data_args.max_prompts is not None:
-        dataset = dataset.select(range(min(data_args.max_prompts, len(dataset))))
+        trainer_config = dataclasses.replace(config, prompt_column="prompt")  # load_prompt_dataset renamed the column
+    if config.resume_from:
+        trainer_config = _resolve_resume(trainer_config)
     logger.info("training prompts: %d from %s", len(dataset), data_args.dataset)
-    state = PartialState()
-    reward = build_reward(reward_args, device=state.device)
+    reward = _load_or_explain("clip_model", reward_args.clip_model, lambda: build_reward(reward_args, state.device))
     model_path = model_args.pretrained_model
     if model_path == "toy":
         from .toy.pipeline import toy_pipeline_path
 
         model_path = toy_pipeline_path()
-    pipeline = DefaultDDPOStableDiffusionPipeline(
+    pipeline = _load_or_explain("pretrained_model", model_path, lambda: DefaultDDPOStableDiffusionPipeline(
         model_path, pretrained_model_revision=model_args.pretrained_revision,
         use_lora=model_args.use_lora, lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha,
         trainable_modules=model_args.trainable_modules,
-    )
+    ))
     hook = None
     if out_args.log_images:
         hook = ImageGridHook(every_n_calls=out_args.log_images_every, label_column=config.label_column)
-    trainer = SafeDDPOGRPOTrainer(config, reward, pipeline, train_dataset=dataset, image_samples_hook=hook)
+    try:
+        trainer = SafeDDPOGRPOTrainer(trainer_config, reward, pipeline, train_dataset=dataset, image_samples_hook=hook)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     if hook is not None and state.is_main_process:
         hook.save_dir = os.path.join(trainer.project_dir, "samples")
-    trainer.train()
+    push_error = None
+    try:
+        trainer.train()
+    except HubPushError as err:  # raised on the main process only, after training and before the local save
+        push_error = err
+        trainer.accelerator.wait_for_everyone()  # the other processes wait at the end of push_to_hub
     output_dir = config.output_dir or os.path.join(trainer.project_dir, "final_model")
     trainer.save_pretrained(output_dir, fuse_lora=out_args.fuse_lora)
     trainer.end_training()
     if state.is_main_process:
         _save_resolved_config(os.path.join(output_dir, "train_config.yaml"),
                               (config, model_args, data_args, reward_args, out_args))
-        logger.info("model saved to %s", output_dir)
+        print(f"{PROG} train: model and train_config.yaml saved to {output_dir}")
+    if push_error is not None:
+        raise CLIError(_push_failure_message(push_error, output_dir, config))
     return output_dir
 
 
@@ -637,6 +770,33 @@ def run_demo(argv: list[str] | None = None) -> dict:
 
 COMMANDS = {"train": run_train, "evaluate": run_evaluate, "demo": run_demo}
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def configure_logging(argv: list[str]) -> list[str]:
+    """Set the console log level from a `--log_level LEVEL` flag anywhere in `argv` and return `argv` without it.
+
+    The default is `warning` (or the `LOGLEVEL` environment variable): progress bars, the per-epoch summary and the
+    commands' own output still show; `info` adds what each step does.
+    """
+    level = os.environ.get("LOGLEVEL", "warning")
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--log_level":
+            level = next(args, None)
+            if level is None or level.startswith("-"):
+                raise CLIError(f"--log_level needs a value: one of {', '.join(LOG_LEVELS)}")
+        elif arg.startswith("--log_level="):
+            level = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if level.lower() not in LOG_LEVELS:
+        raise CLIError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}{_suggest(level.lower(), LOG_LEVELS)}")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level.upper())
+    return rest
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `trl-safediffusion`."""
@@ -653,13 +813,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: unknown command {command!r}{_suggest(command, COMMANDS)} (choose from "
               f"{', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        rest = configure_logging(rest)
         COMMANDS[command](rest)
     except (CLIError, FileNotFoundError, ImportError) as err:
-        print(f"{PROG} {command}: error: {err}", file=sys.stderr)
+        logger.debug("%s %s failed", PROG, command, exc_info=True)
+        print(f"{PROG} {command}: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line
         return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {command}: interrupted", file=sys.stderr)  # the trainer has logged what was saved
+        return 130
     return 0
 
 
