@@ -206,19 +206,10 @@ class DDPOTrainer:
             self.inference_dtype = torch.float32
         device = self.accelerator.device
         pipe = self.sd_pipeline
-        pipe.vae.to(device, dtype=self.inference_dtype)
-        pipe.text_encoder.to(device, dtype=self.inference_dtype)
-        if pipe.use_lora:
-            # Frozen base weights in the inference dtype, trainable LoRA weights in fp32: the optimizer and the fp16
-            # grad scaler only ever see fp32 parameters.
-            pipe.unet.to(device, dtype=self.inference_dtype)
-            for p in pipe.unet.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-        else:
-            # Full fine-tuning keeps fp32 master weights and relies on autocast; casting them to fp16 is what made TRL
-            # v0.23.1 fail with "Attempting to unscale FP16 gradients".
-            pipe.unet.to(device, dtype=torch.float32)
+        # Frozen weights in the inference dtype, trainable ones in fp32 (full fine-tuning keeps fp32 master weights
+        # and relies on autocast; casting them to fp16 is what made TRL v0.23.1 fail with "Attempting to unscale FP16
+        # gradients"). The pipeline remembers the base's dtypes and weights, so that saved folders hold them.
+        pipe.cast_for_training(device, self.inference_dtype)
         pipe.set_progress_bar_config(disable=True)
         if config.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True

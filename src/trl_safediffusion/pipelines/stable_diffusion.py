@@ -67,21 +67,29 @@ def _module_dtype(module) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else next(inner.parameters()).dtype
 
 
-def fuse_lora_unet(unet):
-    """A plain `UNet2DConditionModel` (no peft layers) whose weights are `unet`'s with its LoRA adapters merged."""
+def _named_tensors(module: torch.nn.Module):
+    """`(name, tensor)` for every parameter and buffer of `module`, named as in its state dict."""
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def fuse_lora_unet(unet, dtype: torch.dtype | None = None):
+    """A plain `UNet2DConditionModel` (no peft layers) whose weights are `unet`'s with its LoRA adapters merged, in
+    `dtype` (by default the dtype of `unet`'s base weights), on the CPU. The merge runs on the CPU in the dtypes the
+    weights have."""
     import copy
 
     from diffusers import UNet2DConditionModel
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    fused = copy.deepcopy(unet)
+    fused = copy.deepcopy(unet).to("cpu")
     for module in fused.modules():
         if isinstance(module, BaseTunerLayer):
             module.merge(safe_merge=True)
     state = {k.replace(".base_layer", ""): v for k, v in fused.state_dict().items() if "lora_" not in k}
     plain = UNet2DConditionModel.from_config(unet.config)
     plain.load_state_dict(state)
-    return plain.to(unet.dtype)
+    return plain.to(dtype or unet.dtype)
 
 
 class DDPOStableDiffusionPipeline:
@@ -141,6 +149,30 @@ class DDPOStableDiffusionPipeline:
 
     def set_progress_bar_config(self, *args, **kwargs):
         raise NotImplementedError
+
+    def cast_for_training(self, device, inference_dtype: torch.dtype):
+        r"""
+        Place the components for training (the trainer calls this once, before preparing the UNet): the frozen VAE
+        and text encoder on `device` in `inference_dtype`; with LoRA the frozen UNet base weights in `inference_dtype`
+        and the trainable adapter weights in float32; otherwise the whole UNet in float32 (master weights for
+        autocast, so that the fp16 grad scaler only sees fp32 parameters).
+
+        This default casts in place and forgets the dtypes the components had; a pipeline whose saved folders must
+        keep the base's weights overrides it (see [`DefaultDDPOStableDiffusionPipeline.cast_for_training`]).
+
+        Args:
+            device (`torch.device`): the training device.
+            inference_dtype (`torch.dtype`): float32, or the mixed-precision dtype (bf16 / fp16).
+        """
+        self.vae.to(device, dtype=inference_dtype)
+        self.text_encoder.to(device, dtype=inference_dtype)
+        if self.use_lora:
+            self.unet.to(device, dtype=inference_dtype)
+            for p in self.unet.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        else:
+            self.unet.to(device, dtype=torch.float32)
 
     def save_pretrained(self, *args, **kwargs):
         raise NotImplementedError
@@ -259,6 +291,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._prompt_cache_size = prompt_cache_size
         self._progress_bar_config: dict = {}
+        # set by `cast_for_training`: each component's dtype before it was cast, and the CPU originals of the
+        # frozen tensors that were cast to a narrower dtype (what the saved folders write back)
+        self._original_dtypes: dict[str, torch.dtype] = {}
+        self._original_tensors: dict[str, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ components
     @property
@@ -298,6 +334,67 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.sd_pipeline.unet.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ dtypes
+    def _components(self) -> tuple[tuple[str, torch.nn.Module], ...]:
+        return (("vae", self.vae), ("text_encoder", self.text_encoder), ("unet", self.unet))
+
+    def cast_for_training(self, device, inference_dtype: torch.dtype):
+        r"""
+        Place the components for training, as the interface's [`DDPOStableDiffusionPipeline.cast_for_training`]
+        (frozen VAE, text encoder and, with LoRA, UNet base weights in `inference_dtype`; trainable weights in float32),
+        and remember what the cast changed so that [`save_pretrained`] writes the base's weights, not the training
+        copies: the frozen components bit for bit as they were before (same dtype, same values), and the trained UNet
+        in the dtype of the base's UNet.
+
+        Memory: a cast to a narrower dtype (float32 -> bf16 / fp16, or between bf16 and fp16) cannot be undone, so
+        the original of every frozen tensor cast that way is kept in CPU memory for the life of the pipeline. For an
+        fp32 Stable Diffusion 1.5 base under `mixed_precision="bf16"` or `"fp16"` that is about 0.5 GB (text encoder)
+        + 0.3 GB (VAE), plus 3.4 GB (the UNet base weights) with LoRA. Nothing is kept without mixed precision, nor
+        when the pipeline was loaded in the inference dtype (`torch_dtype=`); widening casts (to float32) are exact
+        and keep nothing. Calling it again keeps the first originals.
+
+        Args:
+            device (`torch.device`): the training device.
+            inference_dtype (`torch.dtype`): float32, or the mixed-precision dtype (bf16 / fp16).
+        """
+        for component, module in self._components():
+            self._original_dtypes.setdefault(component, _module_dtype(module))
+            kept = self._original_tensors.setdefault(component, {})
+            for name, tensor in _named_tensors(module):
+                if not tensor.is_floating_point():
+                    tensor.data = tensor.data.to(device)
+                    continue
+                trained = component == "unet" and (tensor.requires_grad or not self.use_lora)
+                target = torch.float32 if trained else inference_dtype
+                if tensor.dtype != target and target != torch.float32 and name not in kept:
+                    kept[name] = tensor.detach().to("cpu")  # on the CPU already: the same storage, no copy
+                tensor.data = tensor.data.to(device=device, dtype=target)
+
+    @contextlib.contextmanager
+    def _base_dtypes(self):
+        """Within the block every component holds the weights `save_pretrained` writes: the kept originals of the cast
+        frozen tensors, the other tensors in their component's original dtype (LoRA adapter weights stay float32 so
+        that a merge runs in full precision). The training tensors are put back afterwards."""
+        swapped = []
+        try:
+            for component, module in self._components():
+                kept = self._original_tensors.get(component, {})
+                dtype = self._original_dtypes.get(component)
+                for name, tensor in _named_tensors(module):
+                    if name in kept:
+                        replacement = kept[name]
+                    elif (dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype
+                          and not (self.use_lora and tensor.requires_grad)):
+                        replacement = tensor.detach().to(dtype)
+                    else:
+                        continue
+                    swapped.append((tensor, tensor.data))
+                    tensor.data = replacement
+            yield
+        finally:
+            for tensor, data in reversed(swapped):
+                tensor.data = data
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -521,27 +618,33 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
     def save_pretrained(self, output_dir: str, fuse_lora: bool = False):
         """Save in diffusers format: the full pipeline (full fine-tune, or LoRA with `fuse_lora=True`), or the LoRA
-        weights alone. Safetensors only."""
+        weights alone. Safetensors only.
+
+        A full pipeline is saved as stock `StableDiffusionPipeline.from_pretrained(output_dir)` loads and samples it
+        without a `torch_dtype`: the frozen VAE and text encoder exactly as the base had them (the originals kept by
+        [`cast_for_training`], whatever the mixed precision of training), and the trained UNet (fused with its LoRA
+        adapters, merged from the base's original weights) in the dtype of the base's UNet."""
         os.makedirs(output_dir, exist_ok=True)
-        if not self.use_lora:
-            self.sd_pipeline.save_pretrained(output_dir, safe_serialization=True)
-            return
-        if not fuse_lora:
+        if self.use_lora and not fuse_lora:
             self.save_lora(output_dir)
             return
-        from diffusers import StableDiffusionPipeline
+        with self._base_dtypes():
+            if not self.use_lora:
+                self.sd_pipeline.save_pretrained(output_dir, safe_serialization=True)
+                return
+            from diffusers import StableDiffusionPipeline
 
-        clean = fuse_lora_unet(self.unet)
-        StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=clean,
-            scheduler=self.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        ).save_pretrained(output_dir, safe_serialization=True)
+            clean = fuse_lora_unet(self.unet, dtype=self._original_dtypes.get("unet"))
+            StableDiffusionPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoder,
+                tokenizer=self.tokenizer,
+                unet=clean,
+                scheduler=self.scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            ).save_pretrained(output_dir, safe_serialization=True)
 
     def save_checkpoint(self, models, weights, output_dir):
         """accelerate `save_state` pre-hook: the UNet (or its LoRA weights) in diffusers format."""
