@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import CLIPModel, CLIPProcessor, HfArgumentParser
 
+from trl_safediffusion.cli import process_state
 from trl_safediffusion.ddpo_config import DDPOConfig
 from trl_safediffusion.ddpo_trainer import DDPOTrainer
 from trl_safediffusion.hooks import ImageGridHook
@@ -49,7 +50,6 @@ class ScriptArguments:
         default="aesthetic-model.pth", metadata={"help": "File of the aesthetic MLP weights in that repo."}
     )
     clip_model: str = field(default="openai/clip-vit-large-patch14", metadata={"help": "CLIP of the predictor."})
-    output_dir: str = field(default="outputs/ddpo-aesthetic", metadata={"help": "Where the LoRA weights go."})
 
 
 class AestheticMLP(nn.Module):
@@ -97,20 +97,19 @@ def prompt_fn():
 def main():
     parser = HfArgumentParser((ScriptArguments, DDPOConfig))
     script_args, config = parser.parse_args_into_dataclasses()
+    config.output_dir = config.output_dir or "outputs/ddpo-aesthetic"  # where the LoRA weights go (--output_dir)
     config.project_kwargs = {"logging_dir": "./logs", "automatic_checkpoint_naming": True, "total_limit": 5,
                              "project_dir": "./save", **config.project_kwargs}
     pipeline = DefaultDDPOStableDiffusionPipeline(
         script_args.pretrained_model, pretrained_model_revision=script_args.pretrained_revision,
         use_lora=script_args.use_lora,
     )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = process_state().device  # this process's device, as the trainer's accelerator will pick it
     reward = AestheticReward(script_args.clip_model, script_args.hf_hub_aesthetic_model_id,
                              script_args.hf_hub_aesthetic_model_filename, device)
     trainer = DDPOTrainer(config, reward, prompt_fn, pipeline, image_samples_hook=ImageGridHook())
-    trainer.train()
-    trainer.save_pretrained(script_args.output_dir)
-    if config.push_to_hub:
-        trainer.push_to_hub(config.hub_model_id)
+    trainer.train()  # with --push_to_hub True, also pushes the final model to --hub_model_id
+    trainer.save_pretrained()  # to config.output_dir
     trainer.end_training()
 
 

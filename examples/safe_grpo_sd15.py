@@ -15,12 +15,10 @@ Any field can be overridden on the command line (`--train_learning_rate 5e-6 --a
 The same run without this script: `accelerate launch ... -m trl_safediffusion.cli train --config <recipe>`.
 """
 
-import logging
 import os
+import sys
 
-from accelerate import PartialState
-
-from trl_safediffusion.cli import build_reward, parse_train_args
+from trl_safediffusion.cli import build_reward, configure_logging, parse_train_args, process_state
 from trl_safediffusion.data import load_prompt_dataset
 from trl_safediffusion.grpo_trainer import SafeDDPOGRPOTrainer
 from trl_safediffusion.hooks import ImageGridHook
@@ -28,8 +26,10 @@ from trl_safediffusion.pipelines.stable_diffusion import DefaultDDPOStableDiffus
 
 
 def main():
-    logging.basicConfig(level=logging.INFO)
-    config, model_args, data_args, reward_args, out_args = parse_train_args()
+    argv = configure_logging(sys.argv[1:])  # --log_level info shows each step (default: warnings only)
+    config, model_args, data_args, reward_args, out_args = parse_train_args(argv)
+    # accelerate's per-process state, created as the trainer creates it: torchrun ranks on CPU then join one job
+    state = process_state()
 
     # 1. prompts: unsafe and benign captions in a `prompt` column (other columns reach the reward as metadata)
     dataset = load_prompt_dataset(data_args.dataset, prompt_column=config.prompt_column, split=data_args.dataset_split,
@@ -37,7 +37,7 @@ def main():
     config.prompt_column = "prompt"  # load_prompt_dataset renames the prompt column to `prompt`
 
     # 2. reward: cos(E_img(x), normalize(E_txt(p) + alpha * v_safe)), on this process's device
-    reward = build_reward(reward_args, device=PartialState().device)
+    reward = build_reward(reward_args, device=state.device)
 
     # 3. the policy: SD v1.5 sampled with DDIM (eta = 1) so that every step has a log-probability
     pipeline = DefaultDDPOStableDiffusionPipeline(
