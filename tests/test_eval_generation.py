@@ -102,3 +102,66 @@ def test_evaluate_writes_results_table_and_grid(pipe, tmp_path, table_format):
     first = torch.from_numpy(__import__("numpy").array(Image.open(out / "images" / "000000.png"))).float() / 255
     again = generate_images(pipe, ["a red circle"], seed=11, num_inference_steps=2, guidance_scale=3.0, progress=False)
     assert torch.allclose(first.permute(2, 0, 1), again.images[0], atol=1 / 255 + 1e-6)
+
+
+def _labelled_prompts():
+    # benign prompts first, then unsafe ones: the first images of the set are all benign
+    rows = [{"prompt": f"a blue square number {i}", "unsafe": False} for i in range(6)]
+    rows += [{"prompt": f"a red circle number {i}", "unsafe": True} for i in range(3)]
+    return load_eval_prompts(rows)
+
+
+@pytest.mark.parametrize("table_format", ["jsonl", "parquet"])
+def test_evaluation_folder_loads_as_an_imagefolder_with_scores(pipe, tmp_path, table_format, monkeypatch):
+    import datasets
+    import numpy as np
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "eval"
+    result = evaluate(pipe, _labelled_prompts(), str(out), metrics=[NudeNetMetric(detector=FakeDetector())],
+                      images_per_prompt=1, seed=0, batch_size=4, num_inference_steps=2, guidance_scale=3.0,
+                      table_format=table_format, progress=False)
+    lines = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [line["file_name"] for line in lines] == [row["file"] for row in result.table]
+    assert result.metadata_path == str(out / "metadata.jsonl")
+    for loaded in (datasets.load_dataset(str(out), split="train"),
+                   datasets.load_dataset("imagefolder", data_dir=str(out), split="train")):
+        assert len(loaded) == len(result.table) == 9  # the images only: not grid.png
+        assert {"image", "prompt", "seed", "unsafe", "nudenet_i2p_5class_count", "image_id"} <= set(loaded.column_names)
+        by_id = {row["image_id"]: row for row in result.table}
+        for row in loaded:
+            expected = by_id[row["image_id"]]
+            assert row["prompt"] == expected["prompt"] and row["seed"] == expected["seed"]
+            assert row["nudenet_i2p_5class_count"] == expected["nudenet_i2p_5class_count"]
+            saved = np.array(__import__("PIL.Image", fromlist=["Image"]).open(out / expected["file"]))
+            assert np.array_equal(np.array(row["image"]), saved)
+
+
+def test_evaluation_grid_mixes_benign_and_unsafe_prompts_and_explains_its_captions(pipe, tmp_path):
+    from trl_safediffusion.evaluation.evaluate import grid_image_ids
+    from trl_safediffusion.rewards.clip_steering import CLIPSteeringReward, OpenCLIPBackend
+    from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
+
+    prompt_set = _labelled_prompts()
+    # equal shares of benign and unsafe prompts, spread over each group, alternating
+    assert grid_image_ids(prompt_set.rows, 1, 4) == [0, 6, 3, 7]
+    assert grid_image_ids(prompt_set.rows, 1, 8) == [0, 6, 1, 7, 2, 8, 3, 4]  # the unsafe group's unused share
+    assert grid_image_ids(prompt_set.rows, 2, 4) == [0, 12, 6, 15]
+    assert grid_image_ids([{"prompt": f"p{i}"} for i in range(8)], 1, 4) == [0, 2, 4, 6]  # no label: spread
+    assert grid_image_ids(prompt_set.rows, 1, 100) == [0, 6, 1, 7, 2, 8, 3, 4, 5]
+    assert grid_image_ids(prompt_set.rows, 1, 0) == []
+
+    model, tokenizer, preprocess = tiny_open_clip(seed=0, name="tiny-clip-eval")
+    reward = CLIPSteeringReward(OpenCLIPBackend(model, tokenizer, preprocess), anchors="toy-red")
+    out = tmp_path / "eval"
+    result = evaluate(pipe, prompt_set, str(out), metrics=[NudeNetMetric(detector=FakeDetector()), CLIPMetrics(reward)],
+                      images_per_prompt=1, seed=0, batch_size=4, num_inference_steps=2, guidance_scale=3.0,
+                      grid_size=4, progress=False)
+    grid = json.loads((out / "results.json").read_text())["grid"]
+    assert grid["image_ids"] == [0, 6, 3, 7]
+    assert [c.split("]")[0] for c in grid["captions"]] == ["[benign prompt", "[unsafe prompt"] * 2
+    assert grid["captions"][1].startswith("[unsafe prompt] a red circle number 0 | r=")
+    legend = " ".join(grid["legend"])
+    assert "4 evaluation images spread over the prompt set (benign prompt: 2, unsafe prompt: 2)" in legend
+    assert "r = CLIP steering reward" in legend and "nn = NudeNet detections" in legend and "q16" not in legend
+    assert result.grid_path == str(out / "grid.png")

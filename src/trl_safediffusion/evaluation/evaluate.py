@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.json"
 GRID_FILE = "grid.png"
 IMAGES_DIR = "images"
+METADATA_FILE = "metadata.jsonl"  # the ImageFolder metadata: `datasets.load_dataset(output_dir)` loads images + scores
 INAPPROPRIATE_DEFINITION = "Q16 OR NudeNet (I2P 5-class, score >= threshold)"
 
 
@@ -34,6 +35,8 @@ class EvaluationResult:
         results (`dict`): the content of `results.json`.
         table (`list[dict]`): one row per image (prompt, seed, metadata and metric columns).
         results_path, table_path, grid_path (`str`): the files written.
+        metadata_path (`str`, *optional*): `metadata.jsonl`, written with the images: `output_dir` then loads with
+            `datasets.load_dataset(output_dir)` as an ImageFolder whose columns are the table's.
     """
 
     results: dict
@@ -41,6 +44,7 @@ class EvaluationResult:
     results_path: str
     table_path: str
     grid_path: str | None
+    metadata_path: str | None = None
 
 
 def library_versions() -> dict[str, str | None]:
@@ -117,6 +121,17 @@ def _write_table(table: list[dict], output_dir: str, table_format: str) -> str:
     raise ValueError(f"table_format must be 'jsonl' or 'parquet', got {table_format!r}")
 
 
+def _write_imagefolder_metadata(table: list[dict], output_dir: str) -> str:
+    """`metadata.jsonl` next to `images/`: one line per image with its `file_name` (relative to `output_dir`, as
+    ImageFolder wants) and every table column, so that `datasets.load_dataset(output_dir)` gives images and scores."""
+    path = os.path.join(output_dir, METADATA_FILE)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in table:
+            record = {"file_name": row["file"], **{k: _jsonable(v) for k, v in row.items() if k != "file"}}
+            f.write(json.dumps(record, default=str) + "\n")
+    return path
+
+
 def flatten_scalars(metrics: Mapping, prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a nested metrics dict as `{"a/b/c": value}`."""
     out: dict[str, float] = {}
@@ -150,6 +165,7 @@ def evaluate(
     push_to_hub: str | None = None,
     hub_token: str | None = None,
     progress: bool = True,
+    label_column: str = "unsafe",
 ) -> EvaluationResult:
     r"""
     Generate images for every prompt, score them and write the report.
@@ -157,19 +173,25 @@ def evaluate(
     Args:
         pipeline: a diffusers text-to-image pipeline or a `DefaultDDPOStableDiffusionPipeline` (see `load_pipeline`).
         prompts (`PromptSet`, `str` or `list`): the prompt set, or anything `load_eval_prompts` takes.
-        output_dir (`str`): where `results.json`, `images.jsonl` (or `.parquet`), `grid.png` and `images/` go.
+        output_dir (`str`): where `results.json`, `images.jsonl` (or `.parquet`), `grid.png` and `images/` go. With
+            `save_images`, `metadata.jsonl` too: `datasets.load_dataset(output_dir)` then loads the folder as an
+            ImageFolder, one row per image with its scores.
         metrics (`list`): metric objects (`NudeNetMetric`, `Q16Classifier`, `CLIPMetrics`, `ToyWorldMetrics`, or any
             object with `name`, `__call__(images, prompts, rows) -> list[dict]`, `summarize(table)` and `protocol()`).
         images_per_prompt, seed, batch_size, num_inference_steps, guidance_scale, height, width, negative_prompt:
             generation settings (see `generate_images`).
         seed_column (`str`, *optional*): prompt-set column with a per-prompt seed (I2P: `sd_seed`).
         save_images (`bool`, *optional*, defaults to `True`): write every image as PNG under `images/`.
-        grid_size (`int`, *optional*, defaults to `16`): images in the captioned grid (0: no grid).
+        grid_size (`int`, *optional*, defaults to `16`): images in the captioned grid (0: no grid). The grid takes
+            as many images of each `label_column` value (e.g. benign and unsafe prompts) as it can, spread over the
+            whole prompt set, alternating labels; a legend above it says what the captions are.
         table_format (`str`, *optional*, defaults to `"jsonl"`): "jsonl" or "parquet".
         model_name (`str`, *optional*): recorded in `results.json` (defaults to the pipeline's `name_or_path`).
         push_to_hub (`str`, *optional*): dataset repo id to publish the scalar results to (`hub.push_eval_results`).
         hub_token (`str`, *optional*): token for the push (never written).
         progress (`bool`, *optional*, defaults to `True`): progress bars.
+        label_column (`str`, *optional*, defaults to `"unsafe"`): prompt-set column with each prompt's
+            unsafe/benign label, used by the grid (ignored when the prompt set has no such column).
     """
     from tqdm.auto import tqdm
 
@@ -187,7 +209,10 @@ def evaluate(
         prompt_seeds = [int(r[seed_column]) for r in prompt_set.rows]
 
     table: list[dict] = []
-    grid_images, grid_captions = [], []
+    grid_order = grid_image_ids(prompt_set.rows, images_per_prompt, grid_size, label_column)
+    grid_wanted = set(grid_order)
+    grid_cells: dict[int, tuple] = {}
+    labelled = bool(prompt_set.rows) and label_column in prompt_set.rows[0]
     scoring = tqdm(desc="Scoring", total=len(prompt_set) * images_per_prompt, unit="img", disable=not progress)
     for batch in iter_generate(pipeline, prompt_set.prompts, images_per_prompt, seed, batch_size, num_inference_steps,
                                guidance_scale, height, width, negative_prompt, prompt_seeds, progress):
@@ -214,9 +239,8 @@ def evaluate(
                 Image.fromarray(arr).save(os.path.join(output_dir, rel))
                 record["file"] = rel
             table.append(record)
-            if len(grid_images) < grid_size:
-                grid_images.append(batch.images[j])
-                grid_captions.append(_caption(record))
+            if image_id in grid_wanted:
+                grid_cells[image_id] = (batch.images[j], _caption(record, label_column if labelled else None))
         scoring.update(len(rows))
     scoring.close()
 
@@ -253,16 +277,22 @@ def evaluate(
         "versions": library_versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    grid_path = None
+    if grid_cells:
+        import torch
+
+        shown = [i for i in grid_order if i in grid_cells]
+        grid_path = os.path.join(output_dir, GRID_FILE)
+        legend = _grid_legend([table[i] for i in shown], label_column if labelled else None)
+        captioned_grid(torch.stack([grid_cells[i][0] for i in shown]), [grid_cells[i][1] for i in shown],
+                       title=legend).save(grid_path)
+        results["grid"] = {"file": GRID_FILE, "image_ids": shown, "captions": [grid_cells[i][1] for i in shown],
+                           "legend": legend}
     results_path = os.path.join(output_dir, RESULTS_FILE)
     with open(results_path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2, default=str)
     table_path = _write_table(table, output_dir, table_format)
-    grid_path = None
-    if grid_images:
-        import torch
-
-        grid_path = os.path.join(output_dir, GRID_FILE)
-        captioned_grid(torch.stack(grid_images), grid_captions).save(grid_path)
+    metadata_path = _write_imagefolder_metadata(table, output_dir) if save_images and table else None
     logger.info("evaluation of %d images written to %s: %s", len(table), output_dir,
                 json.dumps(flatten_scalars(summaries))[:2000])
     if push_to_hub:
@@ -271,13 +301,88 @@ def evaluate(
         url = push_eval_results({prompt_set.name: flatten_scalars(summaries)}, push_to_hub, token=hub_token,
                                 model_repo_id=model_name)
         results["hub_url"] = url
-    return EvaluationResult(results, table, results_path, table_path, grid_path)
+    return EvaluationResult(results, table, results_path, table_path, grid_path, metadata_path)
 
 
-def _caption(record: Mapping) -> str:
+# caption field: (table column, caption format, what the legend says it is)
+_CAPTION_FIELDS = (
+    ("steering_reward", "r={:.3f}", "r = CLIP steering reward (similarity to the prompt steered towards the safe "
+     "anchors; higher is safer and more on-prompt)"),
+    ("nudenet_i2p_5class_count", "nn={}", "nn = NudeNet detections of the I2P 5 exposed classes"),
+    ("q16_inappropriate", "q16={}", "q16 = Q16 classifies the image as inappropriate"),
+    ("toy_unsafe", "red={}", "red = the toy detector finds the unsafe colour (red) in the image"),
+)
+
+
+def _is_unsafe_label(value) -> bool | None:
+    """True / False for a boolean-like label (True, 1, "true", "unsafe", ...), None for any other value."""
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "unsafe"):
+        return True
+    if text in ("false", "0", "no", "safe", "benign"):
+        return False
+    return None
+
+
+def _label_text(value, label_column: str) -> str:
+    flag = _is_unsafe_label(value)
+    return f"{label_column}={value}" if flag is None else ("unsafe prompt" if flag else "benign prompt")
+
+
+def grid_image_ids(rows: Sequence[Mapping], images_per_prompt: int, grid_size: int,
+                   label_column: str = "unsafe") -> list[int]:
+    """Which images (table positions, prompt after prompt) go into the evaluation grid, in grid order.
+
+    The images are grouped by their prompt's `label_column` value (one group when the rows have no such column); each
+    group gets an equal share of the `grid_size` cells (a small group's unused share goes to the others), taken at
+    evenly spaced positions over the whole group (so different prompts, not the first ones), and the grid alternates
+    between the groups.
+    """
+    total = len(rows) * images_per_prompt
+    if grid_size <= 0 or total == 0:
+        return []
+    labelled = label_column in rows[0]
+    groups: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = str(row.get(label_column)).lower() if labelled else ""
+        groups.setdefault(key, []).extend(range(i * images_per_prompt, (i + 1) * images_per_prompt))
+    quota = dict.fromkeys(groups, 0)
+    left = min(grid_size, total)
+    while left:
+        for key, members in groups.items():
+            if left and quota[key] < len(members):
+                quota[key] += 1
+                left -= 1
+    picked = {key: [members[(k * len(members)) // quota[key]] for k in range(quota[key])]
+              for key, members in groups.items()}
+    order = []
+    for k in range(max(quota.values())):
+        order += [picked[key][k] for key in groups if k < quota[key]]
+    return order
+
+
+def _grid_legend(records: Sequence[Mapping], label_column: str | None) -> list[str]:
+    """What the grid shows and what its captions say, for the grid's title."""
+    counts = ""
+    if label_column is not None:
+        labels = [_label_text(r.get(label_column), label_column) for r in records]
+        counts = " (" + ", ".join(f"{v}: {labels.count(v)}" for v in dict.fromkeys(labels)) + ")"
+    lines = [f"{len(records)} evaluation images spread over the prompt set{counts}."]
+    parts = []
+    if label_column is not None:
+        boolean = all(_is_unsafe_label(r.get(label_column)) is not None for r in records)
+        parts.append(f"[benign prompt] / [unsafe prompt]: the prompt's {label_column!r} label" if boolean else
+                     f"[{label_column}=...]: the prompt's {label_column!r} column")
+    parts += [legend for key, _, legend in _CAPTION_FIELDS if records and key in records[0]]
+    lines.append("Caption: " + "; ".join(["the prompt", *parts]) + ".")
+    return lines
+
+
+def _caption(record: Mapping, label_column: str | None = None) -> str:
     parts = [str(record["prompt"])[:80]]
-    for key, fmt in (("steering_reward", "r={:.3f}"), ("nudenet_i2p_5class_count", "nn={}"),
-                     ("q16_inappropriate", "q16={}"), ("toy_unsafe", "unsafe={}")):
+    if label_column is not None:
+        parts[0] = f"[{_label_text(record.get(label_column), label_column)}] {parts[0]}"
+    for key, fmt, _ in _CAPTION_FIELDS:
         if key in record:
             parts.append(fmt.format(record[key]))
     return " | ".join(parts)

@@ -19,10 +19,12 @@ def _to_uint8_hwc(images) -> np.ndarray:
 
 
 def captioned_grid(images, captions: Sequence[str] | None = None, ncols: int | None = None, min_cell: int = 128,
-                   caption_lines: int = 3):
+                   caption_lines: int = 3, title: str | Sequence[str] | None = None):
     """A grid of images (B, 3, H, W) in [0, 1] with a caption under each, as a PIL image.
 
-    Small images are upscaled (nearest) to at least `min_cell` pixels wide so captions stay legible.
+    Small images are upscaled (nearest) to at least `min_cell` pixels wide so captions stay legible. `title` (a
+    string or one string per paragraph) is written above the grid, wrapped to its width: e.g. a legend of what the
+    captions say.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -40,11 +42,16 @@ def captioned_grid(images, captions: Sequence[str] | None = None, ncols: int | N
     font = ImageFont.load_default()
     chars = max(8, cw // 6)
     text_h = 12 * caption_lines + 4 if captions is not None else 0
-    grid = Image.new("RGB", (ncols * cw, nrows * (ch + text_h)), (255, 255, 255))
+    paragraphs = [title] if isinstance(title, str) else list(title or [])
+    title_lines = [line for p in paragraphs for line in textwrap.wrap(str(p), max(8, ncols * cw // 6))]
+    top = 12 * len(title_lines) + 6 if title_lines else 0
+    grid = Image.new("RGB", (ncols * cw, top + nrows * (ch + text_h)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
+    for j, line in enumerate(title_lines):
+        draw.text((2, 3 + 12 * j), line, fill=(0, 0, 0), font=font)
     for idx in range(n):
         r, c = divmod(idx, ncols)
-        x, y = c * cw, r * (ch + text_h)
+        x, y = c * cw, top + r * (ch + text_h)
         grid.paste(Image.fromarray(arr[idx]).resize((cw, ch), Image.NEAREST), (x, y))
         if captions is not None:
             lines = textwrap.wrap(str(captions[idx]), chars)[:caption_lines]
