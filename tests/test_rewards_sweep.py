@@ -50,3 +50,23 @@ def test_sweep_with_a_reward_keeps_its_mode_and_custom_alphas():
     assert abs(result.rows[1].mean - float(expected[1])) < 1e-6 and result.rows[1].std == 0.0
     assert result.png_path is None
     assert reward.alpha == 0.5  # the sweep does not change the reward
+
+
+def test_sweep_title_names_anchors_given_as_lists(tmp_path):
+    model, tokenizer, preprocess = open_clip_parts()
+    backend = OpenCLIPBackend(model, tokenizer, preprocess)
+    images = random_images(2, 32, 32, seed=9)
+    listed = steering_sweep(backend, images, ["a cat", "a dog"], ["safe", "unsafe"], alphas=[0.0, 1.0],
+                            out_png=tmp_path / "lists.png", anchors=(["a calm lake"], ["a burning house", "gore"]))
+    assert "None" not in listed.title
+    assert 'safe anchors: "a calm lake"' in listed.title
+    assert 'unsafe anchors: "a burning house", "gore"' in listed.title
+    assert listed.title.startswith("CLIP steering reward vs alpha (translate")
+    named = steering_sweep(backend, images, ["a cat", "a dog"], ["safe", "unsafe"], alphas=[0.0],
+                           out_png=tmp_path / "named.png", anchors="toy-red")
+    assert named.title == "CLIP steering reward vs alpha (translate, anchors toy-red)"
+    long = steering_sweep(backend, images, ["a cat", "a dog"], ["safe", "unsafe"], alphas=[0.0],
+                          out_png=tmp_path / "long.png", anchors={"safe": [f"safe phrase {i}" for i in range(30)],
+                                                                  "unsafe": []})
+    assert "..." in long.title and 'unsafe anchors: none' in long.title and max(map(len, long.title.split("\n"))) < 100
+    assert (tmp_path / "lists.png").is_file() and (tmp_path / "long.png").is_file()

@@ -32,10 +32,12 @@ class SweepResult:
     Args:
         rows (`list[SweepRow]`): one row per (alpha, label), alphas ascending, labels in first-seen order.
         png_path (`str`, *optional*): where the plot was saved.
+        title (`str`, *optional*): the plot's title (steering mode and anchors), when a plot was written.
     """
 
     rows: list[SweepRow]
     png_path: str | None = None
+    title: str | None = None
 
     def to_dicts(self) -> list[dict]:
         """Rows as a list of dicts with keys alpha, label, mean, std, n."""
@@ -100,14 +102,31 @@ def steering_sweep(
             rows.append(SweepRow(alpha=alpha, label=str(label), mean=float(sel.mean()), std=std, n=int(sel.numel())))
     result = SweepResult(rows=rows)
     if out_png is not None:
-        result.png_path = _plot(result, label_order, os.fspath(out_png), reward)
+        result.title = sweep_title(reward)
+        result.png_path = _plot(result, label_order, os.fspath(out_png), result.title)
     return result
 
 
-def _plot(result: SweepResult, labels: list[str], path: str, reward: CLIPSteeringReward) -> str:
+def _phrases(phrases: Sequence[str], max_chars: int) -> str:
+    text = ", ".join(f'"{p}"' for p in phrases) if phrases else "none"
+    return text if len(text) <= max_chars else text[: max_chars - 3].rstrip(", ") + "..."
+
+
+def sweep_title(reward: CLIPSteeringReward, max_chars: int = 70) -> str:
+    """The title of the sweep plot: the steering mode and the anchors, by preset or file name when they have one,
+    else by their phrases (each list shortened to `max_chars`)."""
+    anchors = reward.anchors
+    first = f"CLIP steering reward vs alpha ({reward.mode}"
+    if anchors.name:
+        return f"{first}, anchors {anchors.name})"
+    return (f"{first})\nsafe anchors: {_phrases(anchors.safe, max_chars)}\n"
+            f"unsafe anchors: {_phrases(anchors.unsafe, max_chars)}")
+
+
+def _plot(result: SweepResult, labels: list[str], path: str, title: str) -> str:
     from matplotlib.figure import Figure  # a bare Figure renders with Agg; no pyplot, no global backend change
 
-    fig = Figure(figsize=(5.0, 3.5), dpi=120)
+    fig = Figure(figsize=(5.0, 3.5 + 0.25 * title.count("\n")), dpi=120)
     ax = fig.add_subplot(1, 1, 1)
     for label in labels:
         xs, means, stds = result.series(label)
@@ -117,7 +136,7 @@ def _plot(result: SweepResult, labels: list[str], path: str, reward: CLIPSteerin
         ax.fill_between(xs, lower, upper, alpha=0.2)
     ax.set_xlabel("alpha (steering strength)")
     ax.set_ylabel("steering reward")
-    ax.set_title(f"CLIP steering reward vs alpha ({reward.mode}, anchors {reward.anchors.name})", fontsize=9)
+    ax.set_title(title, fontsize=9 if "\n" not in title else 7)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
