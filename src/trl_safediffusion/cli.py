@@ -559,11 +559,15 @@ def process_state():
     return PartialState(cpu=True) if _cpu_only_multiprocess() else PartialState()
 
 
-def _offline_hint() -> str:
-    """Why a model or dataset that is not on this machine could not be fetched."""
+def _hub_offline() -> bool:
     import huggingface_hub.constants
 
-    if huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE:
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+
+
+def _offline_hint() -> str:
+    """Why a model or dataset that is not on this machine could not be fetched."""
+    if _hub_offline():
         return ("; HF_HUB_OFFLINE is set, so nothing could be downloaded: pass a local folder or file, or unset "
                 "HF_HUB_OFFLINE (once online, `hf download <id>` fills the cache)")
     return "; it is not on this machine and could not be downloaded: check the id, the network and `hf auth login`"
@@ -625,6 +629,22 @@ def _load_or_explain(what: str, name: str, load):
         raise CLIError(f"{what}: cannot load {name!r} ({err}){_offline_hint()}") from None
 
 
+def _check_model_cached(what: str, repo_id: str, revision: str | None) -> None:
+    """A model that is neither a local folder nor a Hub id is an error; offline, a Hub id must be in the local cache:
+    say so at once (diffusers would retry and log first)."""
+    if os.path.exists(os.path.expanduser(repo_id)):
+        return
+    if repo_id.startswith((".", "/", "~")) or repo_id.count("/") != 1:
+        raise CLIError(f"{what}: the folder {repo_id} does not exist (relative to {os.getcwd()}) and {repo_id!r} is not "
+                       "a Hub id (namespace/name)")
+    if not _hub_offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(repo_id, "model_index.json", revision=revision), str):
+        raise CLIError(f"{what}: {repo_id!r} is not a local folder and is not in the Hub cache{_offline_hint()}")
+
+
 def _resolve_resume(config):
     """The config with `resume_from` resolved to a local checkpoint folder (a Hub checkpoint is downloaded now, before
     any model is loaded); `CLIError` naming `resume_from` when it cannot be."""
@@ -673,6 +693,7 @@ def run_train(argv: list[str] | None = None) -> str:
         from .toy.pipeline import toy_pipeline_path
 
         model_path = toy_pipeline_path()
+    _check_model_cached("pretrained_model", model_path, model_args.pretrained_revision)
     pipeline = _load_or_explain("pretrained_model", model_path, lambda: DefaultDDPOStableDiffusionPipeline(
         model_path, pretrained_model_revision=model_args.pretrained_revision,
         use_lora=model_args.use_lora, lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha,
