@@ -4,6 +4,8 @@ import os
 import pytest
 import yaml
 
+from conftest_hub import fake_hub, hub_token  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
@@ -58,3 +60,34 @@ def test_cli_train_needs_dataset(capsys):
 
     assert main(["train", "--reward", "brightness"]) == 2
     assert "dataset" in capsys.readouterr().err
+
+
+def test_cli_failed_final_push_still_saves_and_says_how_to_push_again(fake_hub, tmp_path, tiny_model_dir,  # noqa: F811
+                                                                      capsys):
+    from trl_safediffusion.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    out = tmp_path / "out"
+    bad_token = "hf_thisTokenIsWrong987654321zyx"
+    code = main(["train", "--pretrained_model", tiny_model_dir, "--dataset", str(prompts), "--reward", "brightness",
+                 "--num_epochs", "1", "--sample_num_steps", "2", "--sample_batch_size", "2",
+                 "--sample_num_batches_per_epoch", "1", "--train_batch_size", "2", "--num_generations", "2",
+                 "--mixed_precision", "no", "--save_freq", "0", "--lora_rank", "2", "--log_images", "false",
+                 "--logdir", str(tmp_path / "logs"), "--output_dir", str(out), "--push_to_hub", "true",
+                 "--hub_model_id", "tester/cli-run", "--hub_token", bad_token])
+    assert code == 2
+    # everything a successful run writes locally is there
+    assert os.path.isfile(out / "pytorch_lora_weights.safetensors")
+    saved = yaml.safe_load((out / "train_config.yaml").read_text())
+    assert saved["hub_model_id"] == "tester/cli-run" and "hub_token" not in saved
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error" in line.lower()]  # stderr also holds the progress bar
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith("trl-safediffusion train: error: ")
+    assert "tester/cli-run" in line and "HTTP 401" in line
+    assert f"hf upload tester/cli-run {out} ." in line
+    assert bad_token not in err
+    assert "tester/cli-run" not in {repo_id for _, repo_id in fake_hub.repos}

@@ -886,7 +886,13 @@ def config_reference_markdown() -> str:
         "",
         "Every field below can be set in a recipe YAML file (flat `field: value` keys) or as a `--field value` flag of "
         "`trl-safediffusion train` / `trl-safediffusion evaluate`; flags override the file. Booleans accept "
-        "`true/false`, lists accept `a,b` or several values, mappings accept a YAML mapping or a JSON object.",
+        "`true/false`, lists accept `a,b` or several values, mappings accept a YAML mapping or a JSON object. In YAML, "
+        "quote string values that YAML would read as booleans: `mixed_precision: \"no\"` (unquoted `no`, `off`, `yes`, "
+        "`on` are booleans, and the field is then rejected with that hint).",
+        "",
+        "Besides the fields, both commands take `--config FILE.yaml` and `--log_level debug|info|warning|error|critical` "
+        "(console log level, default `warning`: progress bars, the per-epoch summary and errors show; `info` adds each "
+        "step's details, `debug` the traceback behind an error).",
         "",
         "## `SafeDDPOGRPOConfig` (the `train` command)",
         "",
