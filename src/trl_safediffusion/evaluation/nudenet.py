@@ -1,6 +1,6 @@
 """NudeNet exposed-body-part counts with the I2P protocol, and the wider class sets some papers count.
 
-NudeNet (https://github.com/notAI-tech/NudeNet) is AGPL-3.0 and an optional extra: `pip install trl-safediffusion[eval]`.
+NudeNet (https://github.com/notAI-tech/NudeNet) is AGPL-3.0 and an optional extra: `pip install nudenet`, or `pip install -e '.[eval]'` in a trl-safediffusion checkout.
 Any object with `detect(image) -> list[{"class": str, "score": float, "box": ...}]` can stand in for it.
 """
 
@@ -117,8 +117,8 @@ def load_nudenet_detector(**kwargs):
         from nudenet import NudeDetector
     except ImportError as err:
         raise ImportError(
-            "the NudeNet metric needs the optional `nudenet` package (AGPL-3.0): pip install 'trl-safediffusion[eval]' "
-            "or pip install nudenet"
+            "the NudeNet metric needs the optional `nudenet` package (AGPL-3.0): pip install nudenet (or "
+            "pip install -e '.[eval]' in the trl-safediffusion checkout)"
         ) from err
     return NudeDetector(**kwargs)
 
