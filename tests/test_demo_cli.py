@@ -66,6 +66,9 @@ def test_cli_demo_bad_settings_and_output_dir_are_one_line_errors(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("trl-safediffusion demo: error: --output-dir") and str(a_file) in err
     with pytest.raises(SystemExit):
+        cli.main(["demo", "--pipeline_path", str(tmp_path / "missing")])
+    assert "--pipeline-path" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         cli.main(["demo", "--use_lora", "maybe"])
     assert "--use_lora: expected true or false, got 'maybe'" in capsys.readouterr().err
 
