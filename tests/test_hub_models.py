@@ -9,7 +9,10 @@ import torch
 
 from conftest_hub import fake_hub, hub_token  # noqa: F401
 from trl_safediffusion.hub import (
+    DDPO_CITATION,
+    GRPO_CITATION,
     LORA_WEIGHT_NAME,
+    SAFEDIFFUSION_R1_CITATION,
     SafeDiffusionCardInfo,
     build_model_card,
     push_folder_to_hub,
@@ -34,6 +37,10 @@ def _card_info(lora: bool) -> SafeDiffusionCardInfo:
         eval_results={"I2P": {"inappropriate rate": 0.1807, "nudenet detections": 15.0}},
         datasets=["ItsMaxNorm/SafeDiffusion-R1-dataset"],
         repo_id=REPO,
+        trainer="SafeDDPOGRPOTrainer",
+        method="post-trained with online GRPO against a CLIP steering reward",
+        tags=["safediffusion-r1", "grpo", "safety"],
+        citations=[SAFEDIFFUSION_R1_CITATION, DDPO_CITATION, GRPO_CITATION],
     )
 
 

@@ -31,6 +31,9 @@ def load_prompt_dataset(
         label_column (`str`, *optional*): name of a label column to add (with `label`) or to keep.
         label (`bool`, *optional*): value of `label_column` for every row (e.g. `unsafe=True` for an unsafe set).
         split, config_name, revision: used for Hub ids.
+
+    The source is recorded in `dataset.info.dataset_name` (the Hub id with its namespace, or the file or folder name),
+    which model cards read to name the training prompts.
     """
     if isinstance(source, Dataset):
         ds = source
@@ -47,14 +50,17 @@ def load_prompt_dataset(
         path = str(source)
         if os.path.isfile(path):
             ds = _load_file(path, prompt_column)
+            ds.info.dataset_name = os.path.basename(path)
         elif os.path.isdir(path):
             from datasets import load_from_disk
 
             ds = load_from_disk(path)
+            ds.info.dataset_name = ds.info.dataset_name or os.path.basename(os.path.normpath(path))
         elif path.count("/") == 1 and not path.startswith((".", "/")):
             from datasets import load_dataset
 
             ds = load_dataset(path, config_name, split=split, revision=revision)
+            ds.info.dataset_name = path  # datasets keeps only the part after the namespace
         else:
             raise ValueError(f"source {path!r} is neither an existing file or folder nor a Hub dataset id (namespace/name)")
     else:
@@ -161,7 +167,10 @@ def mix_prompts(
         common &= set(p.column_names)
     parts = [p.select_columns([c for c in p.column_names if c in common]) for p in parts]
     mixed = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    return mixed.shuffle(seed=seed).flatten_indices()
+    mixed = mixed.shuffle(seed=seed).flatten_indices()
+    sources = [ds.info.dataset_name for ds, n in ((u, n_unsafe), (b, n_benign)) if n and ds.info.dataset_name]
+    mixed.info.dataset_name = " + ".join(dict.fromkeys(sources)) or None  # the sources model cards name
+    return mixed
 
 
 def _cycled_indices(n: int, k: int, rng: random.Random) -> Sequence[int]:

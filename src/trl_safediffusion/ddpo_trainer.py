@@ -917,11 +917,26 @@ class DDPOTrainer:
 
     # ================================================================== saving / Hub
     def _model_card_info(self) -> dict:
-        """What the model card reports, read only from attributes this trainer has."""
+        """What the model card reports, read only from attributes this trainer has: DDPO (arXiv 2305.13301), its
+        citation and `_tag_names`, the recipe, the reward and where the prompts came from."""
+        from .hub import DDPO_CITATION
+
         c = self.config
+        prompt_fn = getattr(self, "prompt_fn", None)
+        prompt_sources = []
+        if prompt_fn is not None:
+            name = getattr(prompt_fn, "__name__", None) or type(prompt_fn).__name__
+            prompt_sources.append(f"drawn by the prompt function `{name}`")
         return {
             "base_model": getattr(self.sd_pipeline, "pretrained_model_name", None),
             "trainer": type(self).__name__,
+            "method": (
+                "fine-tuned with DDPO ([Black et al., 2023](https://arxiv.org/abs/2305.13301)): reinforcement "
+                "learning on the denoising steps, a clipped policy-gradient objective that makes sampled trajectories "
+                "with a high reward more likely"
+            ),
+            "citations": [DDPO_CITATION],
+            "prompt_sources": prompt_sources,
             "recipe": {
                 "sample_num_steps": c.sample_num_steps,
                 "sample_eta": c.sample_eta,
@@ -1044,7 +1059,8 @@ class DDPOTrainer:
         self.sd_pipeline.save_pretrained(model_dir)
         from .hub import write_training_model_card
 
-        write_training_model_card(model_dir, self._model_card_info(), lora=self.sd_pipeline.use_lora)
+        write_training_model_card(model_dir, self._model_card_info(), lora=self.sd_pipeline.use_lora,
+                                  **{**getattr(self, "_card_overrides", {}), "repo_id": self._hub_pusher.repo_id})
         self._hub_pusher.on_save(model_dir, checkpoint_dir=path if self.config.hub_strategy == "checkpoint" else None,
                                  epoch=epoch)
 

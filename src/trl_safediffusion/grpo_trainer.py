@@ -245,8 +245,33 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         self._log(log, step=global_step)
 
     def _model_card_info(self) -> dict:
+        """The DDPO card information with this trainer's story: SafeDiffusion-R1 online GRPO (arXiv 2605.18719), the
+        steering sentence when the reward is the CLIP steering reward, the GRPO recipe and the training prompts'
+        sources (Hub ids with their namespace, local files by name)."""
+        from .hub import (
+            DDPO_CITATION,
+            GRPO_CITATION,
+            SAFEDIFFUSION_R1_CITATION,
+            _is_steering_reward,
+            training_data_sources,
+        )
+
         info = super()._model_card_info()
         c = self.config
+        steering = _is_steering_reward(info["reward"])
+        method = "post-trained with online GRPO ([SafeDiffusion-R1](https://arxiv.org/abs/2605.18719))"
+        method += " against a CLIP steering reward" if steering else ""
+        method += (
+            f": the advantage of each image is its reward relative to the {c.num_generations} images sampled for the "
+            "same prompt"
+        )
+        if steering:
+            method += (
+                ". Unsafe prompts are steered toward a safe version of the same content while safe prompts keep "
+                "ordinary prompt alignment; no safety classifier and no paired data are used"
+            )
+        info["method"] = method
+        info["citations"] = [SAFEDIFFUSION_R1_CITATION, DDPO_CITATION, GRPO_CITATION]
         info["recipe"].update(
             {
                 "num_generations": c.num_generations,
@@ -261,7 +286,11 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         )
         if self.train_dataset is not None:
             info["dataset_size"] = len(self.train_dataset)
-            info["datasets"] = [getattr(self.train_dataset, "info", None) and self.train_dataset.info.dataset_name]
+            hub_ids, local = training_data_sources(self.train_dataset)
+            info["datasets"] = hub_ids
+            info["prompt_sources"] = [f"`{name}` (local, not on the Hub)" for name in local]
+            if not hub_ids and not local:
+                info["prompt_sources"] = [f"an in-memory `datasets.Dataset` of {len(self.train_dataset)} prompts"]
         return info
 
 

@@ -28,7 +28,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-LIBRARY_TAGS = ("trl", "trl-safediffusion", "safediffusion-r1", "grpo", "safety")
+# Tags of every model card; a trainer adds its own (`DDPOTrainer._tag_names`, `SafeDDPOGRPOTrainer._tag_names`).
+LIBRARY_TAGS = ("trl", "trl-safediffusion")
+# Tags of the SafeDiffusion-R1 dataset cards (prompts, samples, evaluation results).
+SAFEDIFFUSION_R1_TAGS = ("safediffusion-r1", "grpo", "safety")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 CHECKPOINTS_DIR_IN_REPO = "checkpoints"
 CHECKPOINT_PREFIX = "checkpoint_"
@@ -38,28 +41,41 @@ HUB_STRATEGIES = ("end", "every_save", "checkpoint")
 # Hub dataset ids of known evaluation suites, used for model-index entries (see docs/hub.md).
 KNOWN_EVAL_DATASETS = {"i2p": "AIML-TUDA/i2p"}
 
-_CITATIONS = """```bibtex
-@article{safediffusionr1,
+# BibTeX entries a trainer lists in its model cards (`SafeDiffusionCardInfo.citations`).
+SAFEDIFFUSION_R1_CITATION = """@article{safediffusionr1,
   title   = {SafeDiffusion-R1: Online Reward Steering for Safe Diffusion Post-Training},
   journal = {arXiv preprint arXiv:2605.18719},
   year    = {2026}
-}
-
-@inproceedings{black2024ddpo,
+}"""
+DDPO_CITATION = """@inproceedings{black2024ddpo,
   title     = {Training Diffusion Models with Reinforcement Learning},
   author    = {Kevin Black and Michael Janner and Yilun Du and Ilya Kostrikov and Sergey Levine},
   booktitle = {International Conference on Learning Representations},
   year      = {2024}
-}
-
-@article{shao2024deepseekmath,
+}"""
+GRPO_CITATION = """@article{shao2024deepseekmath,
   title   = {DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models},
   author  = {Zhihong Shao and Peiyi Wang and Qihao Zhu and Runxin Xu and Junxiao Song and Mingchuan Zhang and
              Y. K. Li and Y. Wu and Daya Guo},
   journal = {arXiv preprint arXiv:2402.03300},
   year    = {2024}
-}
-```"""
+}"""
+_DATASET_CITATIONS = [SAFEDIFFUSION_R1_CITATION, DDPO_CITATION, GRPO_CITATION]
+
+# Distributions listed in a model card's "Framework versions" section, with their display names.
+FRAMEWORK_DISTRIBUTIONS = (
+    ("trl-safediffusion", "trl-safediffusion"),
+    ("trl", "TRL"),
+    ("diffusers", "Diffusers"),
+    ("transformers", "Transformers"),
+    ("peft", "PEFT"),
+    ("torch", "PyTorch"),
+    ("datasets", "Datasets"),
+)
+
+
+def _bibtex_block(entries: Sequence[str]) -> str:
+    return "```bibtex\n" + "\n\n".join(e.strip() for e in entries) + "\n```"
 
 
 # ====================================================================================================== errors, tokens
@@ -166,27 +182,40 @@ def _describe_failure(err: BaseException, token: str | None) -> str:
 @dataclass
 class SafeDiffusionCardInfo:
     r"""
-    What a SafeDiffusion-R1 model card reports. Every field is optional; the card leaves out what is unknown.
+    What a model card reports. Every field is optional; the card leaves out what is unknown. The trainers fill it from
+    what they know (`DDPOTrainer._model_card_info`): what trained the model (`trainer`, `method`, `tags`,
+    `citations`), the base model, the recipe, the reward and the training prompts.
 
     Args:
-        base_model (`str`, *optional*): Hub id (or name) of the pipeline that was fine-tuned.
+        base_model (`str`, *optional*): Hub id or local folder of the pipeline that was fine-tuned. Only a Hub id goes
+            into the `base_model` metadata and the loading code; a local folder is named by its folder name.
         license (`str`, *optional*): license id; when `None`, [`write_model_card`] inherits the base model's license
             when it can read it (local base folder, or the Hub when online).
         lora (`bool`, *optional*, defaults to `False`): the folder holds LoRA weights (`load_lora_weights`) rather
             than a full pipeline.
         recipe (`dict`, *optional*): training recipe, e.g. the trainer's config values (`sample_num_steps`,
             `sample_eta`, `sample_guidance_scale`, `num_generations`, `train_learning_rate`, `num_epochs`, ...).
-        reward (`dict`, *optional*): reward description (`backend`, `model`, `alpha`, `steering`, `safe_anchors`,
-            `unsafe_anchors`, ...), e.g. `CLIPSteeringReward.describe()`.
+        reward (`dict`, *optional*): reward description (`backend`, `model`, `alpha`, `mode`, `anchors`, ...), e.g.
+            `CLIPSteeringReward.describe()`.
         eval_results (`dict[str, dict[str, float]]`, *optional*): `{benchmark: {metric: value}}`, rendered as a table
             and as model-index entries.
         eval_datasets (`dict[str, str]`, *optional*): Hub dataset id of each benchmark for model-index (known suites
             such as I2P are filled in).
-        datasets (`list[str]`, *optional*): Hub ids of the training prompt datasets.
-        trainer (`str`, *optional*, defaults to `"SafeDDPOGRPOTrainer"`): trainer class name.
-        model_name (`str`, *optional*): name of the model (the repo id by default).
+        datasets (`list[str]`, *optional*): Hub ids (`namespace/name`) of the training prompt datasets, listed in the
+            `datasets` metadata and linked. A value that is not a Hub id (a local file or folder) is named in the
+            body only, by its file name.
+        prompt_sources (`list[str]`, *optional*): training prompts that are not on the Hub, as markdown phrases named
+            in the body (e.g. ``"`prompts.txt` (local, not on the Hub)"`` or ``"drawn by the prompt function
+            `animal_prompt`"``).
+        trainer (`str`, *optional*): trainer class name, e.g. `"DDPOTrainer"`.
+        method (`str`, *optional*): how the model was trained, as the rest of the card's first sentence after
+            "A full Stable Diffusion pipeline, ..." (markdown), e.g. `"fine-tuned with DDPO (...)"`. A generic phrase
+            when `None`.
+        citations (`list[str]`, *optional*): BibTeX entries of the methods used (e.g. [`DDPO_CITATION`]).
+        model_name (`str`, *optional*): the card's title; defaults to the repo's name (the part after the namespace)
+            or, for a local folder, its folder name.
         repo_id (`str`, *optional*): repo id used in the loading snippet.
-        tags (`list[str]`, *optional*): extra tags, added to the library tags.
+        tags (`list[str]`, *optional*): extra tags (e.g. the trainer's), added to the library tags.
         extra (`dict`, *optional*): further run details (e.g. `dataset_size`), listed after the recipe.
     """
 
@@ -198,7 +227,10 @@ class SafeDiffusionCardInfo:
     eval_results: dict[str, dict[str, Any]] = field(default_factory=dict)
     eval_datasets: dict[str, str] = field(default_factory=dict)
     datasets: list[str] = field(default_factory=list)
-    trainer: str = "SafeDDPOGRPOTrainer"
+    prompt_sources: list[str] = field(default_factory=list)
+    trainer: str | None = None
+    method: str | None = None
+    citations: list[str] = field(default_factory=list)
     model_name: str | None = None
     repo_id: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -244,6 +276,7 @@ _RECIPE_LABELS = {
 }
 _REWARD_LABELS = {
     "name": "Reward",
+    "type": "Type",
     "backend": "Backend",
     "model": "Model",
     "alpha": "Steering strength (alpha)",
@@ -256,6 +289,7 @@ _STEERING_FORMULAS = {
     "projection": "r(x, p) = cos(E_img(x), normalize(z - (z . v_safe) v_safe + alpha * v_safe)), z = E_txt(p)",
 }
 _V_SAFE = "v_safe = normalize(mean E_txt(safe anchors) - mean E_txt(unsafe anchors))"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _fmt(value: Any) -> str:
@@ -276,6 +310,87 @@ def _table(rows: Iterable[tuple[str, Any]], header: tuple[str, str]) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "eval"
+
+
+def is_hub_id(name: str | None) -> bool:
+    r"""
+    Whether `name` is a Hub repo id (`namespace/name`) and not a local path: an existing file or folder, an absolute
+    or relative path (`/...`, `./...`, `~/...`, more than one `/`) is not.
+
+    Args:
+        name (`str`, *optional*): a base model, dataset or repo name as a trainer recorded it.
+    """
+    if not name or os.path.exists(os.path.expanduser(name)):
+        return False
+    return _HUB_ID.fullmatch(name) is not None and ".." not in name
+
+
+def _local_name(path: str) -> str:
+    """How a card names a local file or folder: its last path component, never the absolute path."""
+    return os.path.basename(os.path.normpath(os.path.expanduser(path))) or path
+
+
+def training_data_sources(dataset) -> tuple[list[str], list[str]]:
+    r"""
+    Where the prompts of `dataset` came from, as a model card states it: `(hub_ids, local_names)`.
+
+    [`~trl_safediffusion.data.load_prompt_dataset`] records its source in `dataset.info.dataset_name` (the Hub id with
+    its namespace, or a local file's name; a mix of sources joined by `" + "`). For a dataset loaded with
+    `datasets.load_dataset("namespace/name")` directly, whose info keeps only `name`, the namespace is read from its
+    cache folder (`namespace___name`). An in-memory dataset has no source: both lists are empty.
+
+    Args:
+        dataset (`datasets.Dataset`): the training prompts.
+    """
+    info = getattr(dataset, "info", None)
+    recorded = getattr(info, "dataset_name", None) if info is not None else None
+    if not recorded:
+        return [], []
+    hub_ids, local = [], []
+    for name in (part.strip() for part in str(recorded).split(" + ")):
+        if not name:
+            continue
+        if "/" not in name and not os.path.splitext(name)[1]:
+            cached = {
+                segment.split("___", 1)[0]
+                for f in getattr(dataset, "cache_files", None) or []
+                for segment in str(f.get("filename", "")).split(os.sep)
+                if segment.endswith(f"___{name}")
+            }
+            if len(cached) == 1:
+                name = f"{cached.pop()}/{name}"
+        if is_hub_id(name):
+            hub_ids.append(name)
+        else:
+            local.append(_local_name(name))
+    return hub_ids, local
+
+
+def framework_versions() -> dict[str, str]:
+    """`{display name: version}` of the installed distributions a model card lists (`FRAMEWORK_DISTRIBUTIONS`);
+    those that are not installed are left out."""
+    from importlib import metadata
+
+    versions = {}
+    for distribution, label in FRAMEWORK_DISTRIBUTIONS:
+        try:
+            versions[label] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _is_steering_reward(reward: Mapping[str, Any]) -> bool:
+    if reward.get("type") == "CLIPSteeringReward" or {"alpha", "anchors", "safe_anchors", "unsafe_anchors"} & set(reward):
+        return True
+    return any(isinstance(c, Mapping) and _is_steering_reward(c) for c in reward.get("components") or [])
+
+
+def _steering_part(reward: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The steering reward's own description (the reward itself, or its component in a combined reward)."""
+    if reward.get("type") == "CLIPSteeringReward" or {"alpha", "anchors", "safe_anchors", "unsafe_anchors"} & set(reward):
+        return reward
+    return next(c for c in reward.get("components") or [] if isinstance(c, Mapping) and _is_steering_reward(c))
 
 
 def _eval_results_entries(info: SafeDiffusionCardInfo, model_name: str) -> list:
@@ -301,41 +416,82 @@ def _eval_results_entries(info: SafeDiffusionCardInfo, model_name: str) -> list:
     return entries
 
 
-def build_model_card(info: SafeDiffusionCardInfo):
+def _reward_section(reward: Mapping[str, Any]) -> str:
+    steering = _is_steering_reward(reward)
+    if steering:
+        part = _steering_part(reward)
+        mode = str(part.get("mode") or part.get("steering") or "translate").lower()
+        formula = f"CLIP steering reward:\n\n    {_STEERING_FORMULAS['projection' if 'proj' in mode else 'translate']}\n    {_V_SAFE}"
+    else:
+        formula = "The reward used for training:"
+    anchors_of = dict(reward.get("anchors") or {}) if isinstance(reward.get("anchors"), Mapping) else {}
+    safe = reward.get("safe_anchors", anchors_of.get("safe"))
+    unsafe = reward.get("unsafe_anchors", anchors_of.get("unsafe"))
+    rows = [(_REWARD_LABELS.get(k, k), v) for k, v in reward.items()
+            if v is not None and k not in ("safe_anchors", "unsafe_anchors", "anchors", "components")]
+    if anchors_of.get("name"):
+        rows.append(("Anchor set", anchors_of["name"]))
+    for component in reward.get("components") or []:
+        if isinstance(component, Mapping):
+            described = ", ".join(f"{k}={_fmt(v)}" for k, v in component.items()
+                                  if v is not None and k not in ("name", "anchors", "safe_anchors", "unsafe_anchors"))
+            rows.append((f"Component {component.get('name', '?')}", described))
+    anchors = []
+    for phrases, title in ((safe, "Safe anchors"), (unsafe, "Unsafe anchors")):
+        if phrases is not None:
+            phrases = list(phrases)
+            listed = "\n".join(f"- {p}" for p in phrases) if phrases else "- (none)"
+            anchors.append(f"{title} ({len(phrases)}):\n\n{listed}")
+    table = _table(rows, ("Setting", "Value")) if rows else "The reward was not described."
+    return "\n\n".join([formula, table, *anchors])
+
+
+def build_model_card(info: SafeDiffusionCardInfo, folder_name: str | None = None):
     r"""
-    The model card (`huggingface_hub.ModelCard`) of a SafeDiffusion-R1 model: YAML metadata (library, pipeline tag,
-    base model, tags, datasets, license, model-index) and a body with loading code, recipe, reward, evaluation,
-    limitations and citations.
+    The model card (`huggingface_hub.ModelCard`) of a model trained with this library: YAML metadata (library,
+    pipeline tag, base model, tags, datasets, license, model-index) and a body that says what trained it, with loading
+    code, recipe, training prompts, reward, evaluation, limitations, framework versions and citations.
+
+    What the model is and how it was trained comes from `info` (`trainer`, `method`, `tags`, `citations`), never from
+    a fixed story; the reward formula and the safety limitations appear only for a CLIP steering reward.
 
     Args:
         info ([`SafeDiffusionCardInfo`]): what to report. Token-like values are scrubbed.
+        folder_name (`str`, *optional*): name of the saved folder, the title and the loading path when `info` has no
+            `model_name` / `repo_id`.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     recipe = scrub_tokens(dict(info.recipe))
     reward = scrub_tokens(dict(info.reward))
     extra = scrub_tokens(dict(info.extra))
-    datasets = [d for d in info.datasets if d]
-    model_name = info.model_name or info.repo_id or "safediffusion-r1-model"
+    hub_datasets = [d for d in info.datasets if d and is_hub_id(d)]
+    local_prompts = [f"`{_local_name(d)}` (local, not on the Hub)" for d in info.datasets if d and not is_hub_id(d)]
+    local_prompts += [p for p in info.prompt_sources if p]
+    model_name = info.model_name or (info.repo_id.split("/")[-1] if info.repo_id else None) or folder_name
+    model_name = model_name or "trl-safediffusion-model"
+    base_is_hub = is_hub_id(info.base_model)
+    base_name = info.base_model if base_is_hub or not info.base_model else _local_name(info.base_model)
     tags = list(dict.fromkeys([*LIBRARY_TAGS, "diffusers", "text-to-image", *(["lora"] if info.lora else []), *info.tags]))
     eval_entries = _eval_results_entries(info, model_name)
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",
-        base_model=info.base_model,
+        base_model=info.base_model if base_is_hub else None,
         license=info.license,
         tags=tags,
-        datasets=datasets or None,
+        datasets=hub_datasets or None,
         model_name=model_name if eval_entries else None,
         eval_results=eval_entries or None,
     )
 
-    repo = info.repo_id or "<this-repo-id>"
+    repo = info.repo_id or folder_name or "<this-repo-id>"
     if info.lora:
-        base = info.base_model or "<base-model-id>"
+        base = base_name or "<base-model-id>"
+        where = "" if base_is_hub or not info.base_model else "  # the local base folder it was trained from"
         load = (
             "```python\nimport torch\nfrom diffusers import StableDiffusionPipeline\n\n"
-            f'pipe = StableDiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda")\n'
+            f'pipe = StableDiffusionPipeline.from_pretrained("{base}", torch_dtype=torch.float16).to("cuda"){where}\n'
             f'pipe.load_lora_weights("{repo}")\n'
             'image = pipe("a photo of a cat", num_inference_steps=50, guidance_scale=5.0).images[0]\n```'
         )
@@ -348,23 +504,20 @@ def build_model_card(info: SafeDiffusionCardInfo):
         )
         kind = "full Stable Diffusion pipeline (diffusers format, safetensors)"
 
-    recipe_rows = [("Base model", info.base_model or "unknown"), ("Trainer", info.trainer)]
+    method = info.method or "fine-tuned with reinforcement learning"
+    trainer = f"the `{info.trainer}` of " if info.trainer else ""
+    intro = f"A {kind}, {method.rstrip('. ')}.\n\nTrained with {trainer}the trl-safediffusion library."
+
+    base_row = base_name if base_is_hub or not info.base_model else f"{base_name} (local folder)"
+    recipe_rows = [("Base model", base_row or "unknown"), ("Trainer", info.trainer or "unknown")]
     tuned = "LoRA" if info.lora or recipe.get("lora") else ("part of the UNet" if recipe.get("trainable_modules") else "full UNet")
     recipe_rows.append(("Fine-tuning", tuned))
     recipe_rows += [(_RECIPE_LABELS.get(k, k), v) for k, v in recipe.items() if v is not None and k != "lora"]
     recipe_rows += [(k, v) for k, v in extra.items() if v is not None]
 
-    reward_rows = [
-        (_REWARD_LABELS.get(k, k), v)
-        for k, v in reward.items()
-        if v is not None and k not in ("safe_anchors", "unsafe_anchors")
-    ]
-    anchors = []
-    for key, title in (("safe_anchors", "Safe anchors"), ("unsafe_anchors", "Unsafe anchors")):
-        if reward.get(key) is not None:
-            phrases = list(reward[key])
-            listed = "\n".join(f"- {p}" for p in phrases) if phrases else "- (none)"
-            anchors.append(f"{title} ({len(phrases)}):\n\n{listed}")
+    sources = [f"[{d}](https://huggingface.co/datasets/{d})" for d in hub_datasets]
+    sources += local_prompts
+    prompts_line = ", ".join(sources) or "an in-memory dataset or prompt function that was not named"
 
     if info.eval_results:
         metrics = sorted({m for per in info.eval_results.values() for m in per})
@@ -376,19 +529,27 @@ def build_model_card(info: SafeDiffusionCardInfo):
     else:
         evaluation = "No evaluation results were recorded for this checkpoint."
 
-    mode = str(reward.get("mode") or reward.get("steering") or "translate").lower()
-    if "alpha" in reward or "safe_anchors" in reward or "unsafe_anchors" in reward:
-        formula = f"CLIP steering reward:\n\n    {_STEERING_FORMULAS['projection' if 'proj' in mode else 'translate']}\n    {_V_SAFE}"
-    else:
-        formula = "The reward used for training:"
-    datasets_line = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in datasets) or "not recorded"
+    limitations = []
+    if _is_steering_reward(reward):
+        limitations += [
+            "Safety is measured with automatic detectors (e.g. NudeNet, Q16) whose protocols differ across papers; "
+            "numbers are only comparable under the same protocol, prompt set and thresholds.",
+            "The reward steers toward CLIP's notion of the anchor phrases; harm types far from the anchors may be "
+            "reduced less, and adversarial prompts can still produce unsafe images.",
+        ]
+    limitations += [
+        "Reinforcement learning optimises what the reward model scores, which can be exploited (reward hacking); "
+        "judge the model by its images, not by the reward alone.",
+        "The model inherits the biases and failure modes of its base model. Do not deploy it without an additional "
+        "safety filter.",
+    ]
+    limitations_text = "\n".join(f"- {line}" for line in limitations)
+    versions = "\n".join(f"- {name}: {version}" for name, version in framework_versions().items())
+    citations = f"\n## Citations\n\n{_bibtex_block(info.citations)}\n" if info.citations else ""
     body = f"""
 # {model_name}
 
-A {kind}, post-trained with online GRPO against a CLIP steering reward
-([SafeDiffusion-R1](https://arxiv.org/abs/2605.18719)) with the `{info.trainer}` of the trl-safediffusion library.
-Unsafe prompts are steered toward a safe version of the same content while safe prompts keep ordinary prompt
-alignment; no safety classifier and no paired data are used.
+{intro}
 
 ## How to load and generate
 
@@ -398,15 +559,11 @@ alignment; no safety classifier and no paired data are used.
 
 {_table(recipe_rows, ("Setting", "Value"))}
 
-Training prompts: {datasets_line}.
+Training prompts: {prompts_line}.
 
 ## Reward
 
-{formula}
-
-{_table(reward_rows, ("Setting", "Value")) if reward_rows else "The reward was not described."}
-
-{(chr(10) * 2).join(anchors)}
+{_reward_section(reward)}
 
 ## Evaluation
 
@@ -414,17 +571,12 @@ Training prompts: {datasets_line}.
 
 ## Limitations
 
-- Safety is measured with automatic detectors (e.g. NudeNet, Q16) whose protocols differ across papers; numbers are
-  only comparable under the same protocol, prompt set and thresholds.
-- The reward steers toward CLIP's notion of the anchor phrases; harm types far from the anchors may be reduced less,
-  and adversarial prompts can still produce unsafe images.
-- The model inherits the biases and failure modes of its base model. Do not deploy it without an additional safety
-  filter.
+{limitations_text}
 
-## Citations
+## Framework versions
 
-{_CITATIONS}
-"""
+{versions}
+{citations}"""
     return ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n" + body)
 
 
@@ -446,7 +598,7 @@ def base_model_license(base_model: str | None, token: str | None = None) -> str 
         if not os.path.isfile(readme):
             return None
         return ModelCard.load(readme).data.license
-    if constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or not is_hub_id(base_model):
         return None
     try:
         card_data = HfApi(token=token).model_info(base_model, timeout=10).card_data
@@ -459,7 +611,8 @@ def base_model_license(base_model: str | None, token: str | None = None) -> str 
 def write_model_card(folder: str, info: SafeDiffusionCardInfo, token: str | None = None) -> str:
     r"""
     Write `README.md` (the model card of [`build_model_card`]) into `folder`; returns its path. When `info.license`
-    is `None` the base model's license is inherited if [`base_model_license`] can read it.
+    is `None` the base model's license is inherited if [`base_model_license`] can read it. Without a `model_name` or
+    `repo_id` the card is titled with the folder's name.
 
     Args:
         folder (`str`): the saved pipeline or LoRA folder.
@@ -470,7 +623,7 @@ def write_model_card(folder: str, info: SafeDiffusionCardInfo, token: str | None
         info = SafeDiffusionCardInfo(**{**info.__dict__, "license": base_model_license(info.base_model, token)})
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "README.md")
-    build_model_card(info).save(path)
+    build_model_card(info, folder_name=_local_name(folder)).save(path)
     return path
 
 
@@ -478,7 +631,7 @@ def write_training_model_card(folder: str, info: Mapping[str, Any] | SafeDiffusi
                               **overrides) -> str:
     r"""
     Trainer entry point of [`write_model_card`]: `info` may be a plain dict with the keys of
-    [`SafeDiffusionCardInfo`] (e.g. `base_model`, `trainer`, `recipe`, `reward`, `tags`).
+    [`SafeDiffusionCardInfo`] (e.g. `base_model`, `trainer`, `method`, `recipe`, `reward`, `tags`, `citations`).
 
     Args:
         folder (`str`): the saved pipeline or LoRA folder.
@@ -825,7 +978,7 @@ def _dataset_card(repo_id: str, *, pretty_name: str, description: str, columns: 
     data = DatasetCardData(
         pretty_name=pretty_name,
         license=license,
-        tags=list(dict.fromkeys([*LIBRARY_TAGS, *tags])),
+        tags=list(dict.fromkeys([*LIBRARY_TAGS, *SAFEDIFFUSION_R1_TAGS, *tags])),
         task_categories=["text-to-image"],
         configs=[{"config_name": "default",
                   "data_files": [{"split": s, "path": p} for s, p in splits_glob.items()]}],
@@ -850,7 +1003,7 @@ ds = load_dataset("{repo_id}")
 {extra_body}
 ## Citation
 
-{_CITATIONS}
+{_bibtex_block(_DATASET_CITATIONS)}
 """
     return str(DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
@@ -1108,9 +1261,11 @@ __all__ = [
     "SafeDiffusionCardInfo",
     "base_model_license",
     "build_model_card",
+    "framework_versions",
     "checkpoint_path_in_repo",
     "download_checkpoint",
     "eval_results_to_rows",
+    "is_hub_id",
     "is_local_or_repo_id",
     "push_eval_results",
     "push_folder_to_hub",
@@ -1121,5 +1276,6 @@ __all__ = [
     "save_pipeline_for_hub",
     "scrub_tokens",
     "write_model_card",
+    "training_data_sources",
     "write_training_model_card",
 ]
