@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     try:
         trainer_config(settings, args.output_dir)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(" ".join(str(err).split()))  # one line
     for flag, folder in (("--pipeline-path", args.pipeline_path), ("--clip-folder", args.clip_folder)):
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"{flag} {folder}: no such folder; give a folder written by the toy trainers, or leave it out "
