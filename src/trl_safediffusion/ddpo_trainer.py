@@ -838,8 +838,8 @@ class DDPOTrainer:
             return (f"training interrupted during epoch {epoch}: no checkpoint saved (save_freq="
                     f"{self.config.save_freq}), nothing to resume from")
         last_epoch, path = found[-1]
-        return (f"training interrupted during epoch {epoch}: the last checkpoint, after epoch {last_epoch}, is {path}; "
-                f"continue with --resume_from {path} (resume_from={path!r} in the Python API)")
+        return (f"training interrupted during epoch {epoch}: saved the checkpoint after epoch {last_epoch}; continue "
+                f"with --resume_from {path} (config resume_from in Python)")
 
     def _flush_trackers(self):
         """Write out what the trackers buffer but keep them open: `train()` may be called again (a guidance curriculum

@@ -1,0 +1,53 @@
+"""Ctrl-C during `trl-safediffusion train`: one line saying what was saved and the exact --resume_from; no traceback."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
+    from trl_safediffusion.tiny import tiny_sd_pipeline
+
+    model = tmp_path / "tiny-sd"
+    tiny_sd_pipeline(seed=0).save_pretrained(str(model))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    logdir = tmp_path / "logs"
+    args = ["--pretrained_model", str(model), "--dataset", str(prompts), "--reward", "brightness",
+            "--sample_num_steps", "2", "--sample_batch_size", "2", "--sample_num_batches_per_epoch", "1",
+            "--train_batch_size", "2", "--num_generations", "2", "--mixed_precision", "no", "--save_freq", "1",
+            "--lora_rank", "2", "--logdir", str(logdir), "--exp_name", "run", "--output_dir", str(tmp_path / "out")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "trl_safediffusion.cli", "train", *args]
+    proc = subprocess.Popen([*cmd, "--num_epochs", "1000"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    checkpoints = logdir / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (checkpoints / "checkpoint_1").is_dir() and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if "interrupted during epoch" in line]
+    assert len(lines) == 1, err[-3000:]
+    match = re.search(r"--resume_from (\S+)", lines[0])
+    assert match, lines[0]
+    resume = match.group(1)
+    assert os.path.isfile(os.path.join(resume, "trainer_state.json"))
+    done = int(os.path.basename(resume).split("_")[-1])
+    assert done >= 1
+
+    # the printed command continues the run where it stopped
+    again = subprocess.run([*cmd, "--num_epochs", str(done + 2), "--resume_from", resume], env=env,
+                           capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (checkpoints / f"checkpoint_{done + 1}").is_dir()
+    assert os.path.isfile(tmp_path / "out" / "pytorch_lora_weights.safetensors")
