@@ -61,6 +61,9 @@ class DemoSettings:
             prompts (45/45). `benchmarks/` and docs/toy_world.md have the measurement.
         unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
         scale_rewards (`str`): GRPO advantage scaling, "group" (the paper) or "batch" (see `SafeDDPOGRPOConfig`).
+        advantage_std (`str`): std that scales the advantages, "population" (divides by G) or "unbiased" (G - 1,
+            the library default). The demo's KL and structure-anchor weights were tuned with "population"; "unbiased"
+            shrinks the policy term by sqrt((G - 1) / G) against them (seed 0: red 10.2% instead of 7.4%).
         eval_images (`int`): images per evaluation split (>= 200 for the reported targets).
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
         guidance_scale (`float`): classifier-free guidance at evaluation.
@@ -108,6 +111,7 @@ class DemoSettings:
     steering_mode: str = "projection"
     unsafe_ratio: float = 0.5
     scale_rewards: str = "group"
+    advantage_std: str = "population"
     eval_images: int = 216
     eval_steps: int = 20
     guidance_scale: float = 5.0
@@ -305,6 +309,7 @@ def trainer_config(settings: DemoSettings, output_dir: str):
         kl_unsafe_weight=settings.kl_unsafe_weight,
         structure_weight=settings.structure_weight,
         scale_rewards=settings.scale_rewards,
+        advantage_std=settings.advantage_std,
         train_adv_clip_max=settings.adv_clip_max,
         train_timesteps_per_forward=settings.timesteps_per_forward,
         train_timestep_fraction=settings.timestep_fraction,
