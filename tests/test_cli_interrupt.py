@@ -25,15 +25,22 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
             "--lora_rank", "2", "--logdir", str(logdir), "--exp_name", "run", "--output_dir", str(tmp_path / "out")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "trl_safediffusion.cli", "train", *args]
-    proc = subprocess.Popen([*cmd, "--num_epochs", "1000"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    checkpoints = logdir / "run" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (checkpoints / "checkpoint_1").is_dir() and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe: an unread pipe fills up and blocks the run
+        proc = subprocess.Popen([*cmd, "--num_epochs", "1000"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        checkpoints = logdir / "run" / "checkpoints"
+        deadline = time.time() + 240
+        # epochs take a fraction of a second and older checkpoints are pruned: wait for any after the first epoch
+        while time.time() < deadline and proc.poll() is None and not any(
+            name.startswith("checkpoint_") and name[len("checkpoint_"):].isdigit() and int(name[len("checkpoint_"):]) >= 1
+            for name in (os.listdir(checkpoints) if checkpoints.is_dir() else [])
+        ):
+            time.sleep(0.05)
+        running = proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    err = log.read_text()
+    assert running, err[-3000:]
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if "interrupted during epoch" in line]
