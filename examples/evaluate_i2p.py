@@ -2,7 +2,7 @@
 parts (5 classes, score >= 0.6; the 8- and 9-class counts are reported alongside, labelled), Q16, their OR
 ("inappropriate") per category, and CLIP score / steering-reward statistics.
 
-    pip install 'trl-safediffusion[eval]'     # NudeNet (AGPL-3.0)
+    pip install -e '.[eval]'     # from the repository checkout: NudeNet (AGPL-3.0)
     python examples/evaluate_i2p.py --model CompVis/stable-diffusion-v1-4 --q16_prompts prompts.p \
         --output_dir eval/sd14-i2p
     python examples/evaluate_i2p.py --model stable-diffusion-v1-5/stable-diffusion-v1-5 \

@@ -102,7 +102,8 @@ class RewardArguments:
     )
     anchors: str = field(
         default="nudity-compact",
-        metadata={"help": "Anchor preset name (nudity-compact, empty-positive, toy-red) or a .json / .txt anchor file."},
+        metadata={"help": "Anchor preset name (nudity-compact, empty-positive, toy-red) or a .json / .txt anchor file. "
+                  "With clip_backend toy and this default, toy-red (the toy world's colours) is used."},
     )
     alpha: float = field(default=0.5, metadata={"help": "Steering strength alpha (the paper uses 0.5)."})
     steering_mode: str = field(
