@@ -53,3 +53,22 @@ def test_samples_dataset_and_model_published_from_training(tmp_path, fake_hub): 
     assert {"trl", "trl-safediffusion", "safediffusion-r1", "grpo", "safety"} <= tags
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
     assert "Group size" in card.text and FAKE_TOKEN not in card.content
+
+
+def test_ddpo_samples_dataset_card_names_ddpo(tmp_path, fake_hub):  # noqa: F811
+    """A DDPOTrainer run's sample dataset is not presented as SafeDiffusion-R1 training."""
+    from huggingface_hub import DatasetCard
+
+    from trl_safediffusion import DDPOConfig, DDPOTrainer
+
+    config = DDPOConfig(
+        num_epochs=1, sample_num_steps=2, sample_batch_size=2, sample_num_batches_per_epoch=1, train_batch_size=2,
+        mixed_precision="no", save_freq=0, logdir=str(tmp_path), push_samples_every=1,
+        samples_dataset_id="tester/ddpo-samples", hub_token=FAKE_TOKEN,
+    )
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=True)
+    DDPOTrainer(config, brightness, lambda: ("a cat", {}), pipe).train()
+    card = DatasetCard.load("tester/ddpo-samples", repo_type="dataset")
+    assert "ddpo" in card.data.tags
+    assert not {"safediffusion-r1", "grpo", "safety"} & set(card.data.tags)
+    assert "DDPO training samples" in card.text and "SafeDiffusion-R1" not in card.text

@@ -128,6 +128,7 @@ class DDPOTrainer:
     """
 
     _tag_names = ["trl", "ddpo", "trl-safediffusion"]
+    _method_name = "DDPO"  # how cards and sample datasets name the training method
     structure_fn: Callable | None = None  # the structure anchor's feature map (SafeDDPOGRPOTrainer)
 
     def __init__(
@@ -1034,7 +1035,9 @@ class DDPOTrainer:
         try:
             push_samples_dataset(dataset, repo_id, local_dir=os.path.join(self.project_dir, "samples_dataset"),
                                  token=self.config.hub_token, private=self.config.hub_private_repo,
-                                 model_repo_id=self.config.hub_model_id)
+                                 model_repo_id=self.config.hub_model_id, method=self._method_name,
+                                 method_tags=[t for t in self._tag_names if t not in ("trl", "trl-safediffusion")],
+                                 citations=self._model_card_info()["citations"])
         except HubPushError as err:
             logger.warning("%s (samples of epoch %d are kept locally)", err, epoch)
 

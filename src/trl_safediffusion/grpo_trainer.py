@@ -88,6 +88,7 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
     """
 
     _tag_names = ["trl", "trl-safediffusion", "safediffusion-r1", "grpo", "safety"]
+    _method_name = "SafeDiffusion-R1"
 
     def __init__(
         self,

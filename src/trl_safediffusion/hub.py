@@ -971,14 +971,15 @@ def download_checkpoint(repo_id: str, revision: str | None = None, token: str | 
 # ====================================================================================================== datasets
 def _dataset_card(repo_id: str, *, pretty_name: str, description: str, columns: Mapping[str, str],
                   splits_glob: Mapping[str, str], tags: Sequence[str] = (), license: str | None = None,
-                  extra_body: str = "") -> str:
+                  extra_body: str = "", method_tags: Sequence[str] = SAFEDIFFUSION_R1_TAGS,
+                  citations: Sequence[str] = tuple(_DATASET_CITATIONS)) -> str:
     """README.md text of a dataset card (YAML metadata with explicit `configs`, then a body)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     data = DatasetCardData(
         pretty_name=pretty_name,
         license=license,
-        tags=list(dict.fromkeys([*LIBRARY_TAGS, *SAFEDIFFUSION_R1_TAGS, *tags])),
+        tags=list(dict.fromkeys([*LIBRARY_TAGS, *method_tags, *tags])),
         task_categories=["text-to-image"],
         configs=[{"config_name": "default",
                   "data_files": [{"split": s, "path": p} for s, p in splits_glob.items()]}],
@@ -1003,7 +1004,7 @@ ds = load_dataset("{repo_id}")
 {extra_body}
 ## Citation
 
-{_bibtex_block(_DATASET_CITATIONS)}
+{_bibtex_block(list(citations))}
 """
     return str(DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body))
 
@@ -1147,7 +1148,9 @@ def samples_to_dataset(images, prompts: Sequence[str], labels=None, rewards=None
 def push_samples_dataset(dataset, repo_id: str, *, local_dir: str | None = None, split: str = "train",
                          shard_name: str | None = None, private: bool | None = None, token: str | None = None,
                          commit_message: str | None = None, revision: str | None = None,
-                         model_repo_id: str | None = None) -> str:
+                         model_repo_id: str | None = None, method: str = "SafeDiffusion-R1",
+                         method_tags: Sequence[str] = SAFEDIFFUSION_R1_TAGS,
+                         citations: Sequence[str] | None = None) -> str:
     r"""
     Publish sampled images (a [`samples_to_dataset`] dataset) with a dataset card; returns the commit URL.
 
@@ -1162,6 +1165,10 @@ def push_samples_dataset(dataset, repo_id: str, *, local_dir: str | None = None,
         shard_name (`str`, *optional*): shard file name suffix.
         private, token, commit_message, revision: as in [`push_folder_to_hub`].
         model_repo_id (`str`, *optional*): the model repo these samples come from, linked in the card.
+        method (`str`, *optional*, defaults to `"SafeDiffusion-R1"`): the training method named in the card's title
+            and text (e.g. `"DDPO"` for a `DDPOTrainer` run).
+        method_tags (`list[str]`, *optional*): the method's card tags (by default SafeDiffusion-R1's).
+        citations (`list[str]`, *optional*): BibTeX entries of the card (by default SafeDiffusion-R1, DDPO, GRPO).
     """
     import datasets
 
@@ -1181,10 +1188,11 @@ def push_samples_dataset(dataset, repo_id: str, *, local_dir: str | None = None,
         columns.setdefault(c, f"reward component `{c[len('reward_'):]}`" if c.startswith("reward_") else c)
     model = f" Samples of [{model_repo_id}](https://huggingface.co/{model_repo_id})." if model_repo_id else ""
     card = _dataset_card(
-        repo_id, pretty_name="SafeDiffusion-R1 training samples",
-        description="Images sampled during SafeDiffusion-R1 training, with the prompt, its label, the steering reward "
-        f"and its components, the epoch and the seed.{model} One parquet shard per upload.",
+        repo_id, pretty_name=f"{method} training samples",
+        description=f"Images sampled during {method} training, with the prompt, its label, the reward and its "
+        f"components, the epoch and the seed.{model} One parquet shard per upload.",
         columns=columns, splits_glob={split: f"data/{split}-*.parquet"}, tags=["synthetic", "samples"],
+        method_tags=method_tags, citations=_DATASET_CITATIONS if citations is None else citations,
     )
     with open(os.path.join(local_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
