@@ -34,10 +34,10 @@ def scalar_tags(logdir: str) -> set[str]:
     return tags
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which(TORCHRUN) is None, reason="torchrun not installed")
-def test_torchrun_cli_train_on_cpu_is_one_job_of_two_ranks(tmp_path):
-    pytest.importorskip("tensorboard")
+def run_two_ranks(tmp_path, launch: list[str]):
+    """`torchrun` two CPU ranks of `launch` (a module or script and its leading arguments) on a tiny local model: one
+    group of 2 images per process, so the job's two groups are the two prompts, one per rank; a rank that runs alone
+    (world size 1) samples one of them only. Returns the combined output."""
     from trl_safediffusion.tiny import tiny_sd_pipeline
 
     model = tmp_path / "tiny-sd"
@@ -46,11 +46,9 @@ def test_torchrun_cli_train_on_cpu_is_one_job_of_two_ranks(tmp_path):
     prompts.write_text("prompt,unsafe\na red circle,true\na blue square,false\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LOGLEVEL", None)
-    # one group of 2 images per process: the job's two groups are the two prompts, one per rank; a rank that runs
-    # alone (world size 1) samples one of them only
     cmd = [
-        TORCHRUN, "--standalone", "--nproc_per_node", "2", "--tee", "3", "-m", "trl_safediffusion.cli", "train",
-        "--log_level", "info", "--pretrained_model", str(model), "--dataset", str(prompts), "--reward", "brightness",
+        TORCHRUN, "--standalone", "--nproc_per_node", "2", "--tee", "3", *launch,
+        "--pretrained_model", str(model), "--dataset", str(prompts), "--reward", "brightness",
         "--num_epochs", "1", "--sample_num_steps", "2", "--sample_batch_size", "2", "--sample_num_batches_per_epoch",
         "1", "--train_batch_size", "2", "--num_generations", "2", "--mixed_precision", "no", "--save_freq", "0",
         "--lora_rank", "2", "--log_images", "false", "--log_with", "tensorboard", "--logdir", str(tmp_path / "logs"),
@@ -59,6 +57,14 @@ def test_torchrun_cli_train_on_cpu_is_one_job_of_two_ranks(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(TORCHRUN) is None, reason="torchrun not installed")
+def test_torchrun_cli_train_on_cpu_is_one_job_of_two_ranks(tmp_path):
+    pytest.importorskip("tensorboard")
+    output = run_two_ranks(tmp_path, ["-m", "trl_safediffusion.cli", "train", "--log_level", "info"])
     lines = rank_lines(output)
 
     # both ranks saw a world of two, each with its own rank
@@ -79,25 +85,7 @@ def test_torchrun_cli_train_on_cpu_is_one_job_of_two_ranks(tmp_path):
 def test_torchrun_example_script_on_cpu_is_one_job_of_two_ranks(tmp_path):
     """`examples/safe_grpo_sd15.py` under torchrun: the ranks sample different prompts, and one of them saves."""
     pytest.importorskip("tensorboard")
-    from trl_safediffusion.tiny import tiny_sd_pipeline
-
-    model = tmp_path / "tiny-sd"
-    tiny_sd_pipeline(seed=0).save_pretrained(str(model))
-    prompts = tmp_path / "prompts.csv"
-    prompts.write_text("prompt,unsafe\na red circle,true\na blue square,false\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    script = os.path.join(os.path.dirname(__file__), "..", "examples", "safe_grpo_sd15.py")
-    cmd = [
-        TORCHRUN, "--standalone", "--nproc_per_node", "2", "--tee", "3", script,
-        "--pretrained_model", str(model), "--dataset", str(prompts), "--reward", "brightness",
-        "--num_epochs", "1", "--sample_num_steps", "2", "--sample_batch_size", "2", "--sample_num_batches_per_epoch",
-        "1", "--train_batch_size", "2", "--num_generations", "2", "--mixed_precision", "no", "--save_freq", "0",
-        "--lora_rank", "2", "--log_images", "false", "--log_with", "tensorboard", "--logdir", str(tmp_path / "logs"),
-        "--exp_name", "mp", "--output_dir", str(tmp_path / "out"),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=str(tmp_path))
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, output[-6000:]
+    run_two_ranks(tmp_path, [os.path.join(os.path.dirname(__file__), "..", "examples", "safe_grpo_sd15.py")])
     # one epoch of two groups holds both prompts only if the two ranks formed one job of world size 2
     tags = scalar_tags(str(tmp_path / "logs"))
     assert {"reward/unsafe=true/mean", "reward/unsafe=false/mean"} <= tags, tags
