@@ -175,3 +175,27 @@ def test_help_texts_never_refer_to_issue_numbers(capsys):
     assert "--log_level" in outputs[0]
     for text in outputs:
         assert not re.search(r"\bissues?\b|#\d+", text, flags=re.IGNORECASE), re.findall(r".{40}issue.{40}", text)
+
+
+def test_clip_model_not_available_offline(tmp_path, prompts):
+    from trl_safediffusion.tiny import tiny_sd_pipeline
+
+    model = tmp_path / "tiny-sd"
+    tiny_sd_pipeline(seed=0).save_pretrained(str(model))
+    # the default reward: open_clip ViT-H-14 weights, which are not on this machine
+    proc = run_cli(["train", "--dataset", prompts, "--pretrained_model", str(model), "--logdir", str(tmp_path / "logs")],
+                   tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    line = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert line.startswith("trl-safediffusion train: error: clip_model: cannot load 'ViT-H-14'"), proc.stderr
+    assert "HF_HUB_OFFLINE" in line
+
+
+def test_evaluate_model_not_available_offline(tmp_path, prompts):
+    proc = run_cli(["evaluate", "--model", MISSING_MODEL, "--prompts", prompts, "--output_dir", str(tmp_path / "ev")],
+                   tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("trl-safediffusion evaluate: error: model:") and "HF_HUB_OFFLINE" in lines[0]

@@ -619,12 +619,24 @@ def check_output_folders(config) -> None:
                 raise CLIError(str(err)) from None
 
 
+def _caused_by_os_error(err: BaseException) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _load_or_explain(what: str, name: str, load):
     """`load()`, with a model that cannot be found or fetched (an `OSError`) reported as a `CLIError` naming the
     field `what`."""
     try:
         return load()
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _caused_by_os_error(err):  # open_clip wraps download errors
+            raise
         if os.path.isdir(os.path.expanduser(name)):
             raise CLIError(f"{what}: cannot load the folder {name} ({err})") from None
         raise CLIError(f"{what}: cannot load {name!r} ({err}){_offline_hint()}") from None
@@ -688,13 +700,13 @@ def run_train(argv: list[str] | None = None) -> str:
     if config.resume_from:
         trainer_config = _resolve_resume(trainer_config)
     logger.info("training prompts: %d from %s", len(dataset), data_args.dataset)
-    reward = _load_or_explain("clip_model", reward_args.clip_model, lambda: build_reward(reward_args, state.device))
     model_path = model_args.pretrained_model
     if model_path == "toy":
         from .toy.pipeline import toy_pipeline_path
 
         model_path = toy_pipeline_path()
     _check_model_cached("pretrained_model", model_path, model_args.pretrained_revision)
+    reward = _load_or_explain("clip_model", reward_args.clip_model, lambda: build_reward(reward_args, state.device))
     pipeline = _load_or_explain("pretrained_model", model_path, lambda: DefaultDDPOStableDiffusionPipeline(
         model_path, pretrained_model_revision=model_args.pretrained_revision,
         use_lora=model_args.use_lora, lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha,
@@ -761,11 +773,24 @@ def run_evaluate(argv: list[str] | None = None):
     from . import evaluation as ev
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    prompt_set = ev.load_eval_prompts(args.prompts, categories=args.i2p_categories, hard=args.i2p_hard,
-                                      limit=args.limit, prompt_column=args.prompt_column)
-    metrics = build_metrics(args, reward_args, device)
-    pipeline = ev.load_pipeline(args.model, lora=args.lora, device=device, torch_dtype=_torch_dtype(args.dtype, device),
-                                revision=args.revision)
+    from .ddpo_trainer import check_writable_folder
+
+    try:
+        check_writable_folder(args.output_dir, "output_dir")
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    try:
+        prompt_set = ev.load_eval_prompts(args.prompts, categories=args.i2p_categories, hard=args.i2p_hard,
+                                          limit=args.limit, prompt_column=args.prompt_column)
+    except ValueError as err:
+        raise CLIError(f"prompts {args.prompts}: {err}") from None
+    except OSError as err:
+        raise CLIError(f"prompts: cannot load {args.prompts!r} ({err}){_offline_hint()}") from None
+    if args.model != "toy":
+        _check_model_cached("model", args.model, args.revision)
+    metrics = _load_or_explain("clip_model", reward_args.clip_model, lambda: build_metrics(args, reward_args, device))
+    pipeline = _load_or_explain("model", args.model, lambda: ev.load_pipeline(
+        args.model, lora=args.lora, device=device, torch_dtype=_torch_dtype(args.dtype, device), revision=args.revision))
     result = ev.evaluate(
         pipeline, prompt_set, args.output_dir, metrics=metrics, images_per_prompt=args.images_per_prompt,
         seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.num_inference_steps,
