@@ -199,3 +199,22 @@ def test_evaluate_model_not_available_offline(tmp_path, prompts):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("trl-safediffusion evaluate: error: model:") and "HF_HUB_OFFLINE" in lines[0]
+
+
+def test_too_few_prompts_for_an_epoch_is_one_line_before_training(tmp_path, prompts, capsys):
+    """Two prompts cannot fill an epoch of four groups: said when the trainer is built, not inside `train()`."""
+    from trl_safediffusion.tiny import tiny_sd_pipeline
+
+    model = tmp_path / "tiny-sd"
+    tiny_sd_pipeline(seed=0).save_pretrained(str(model))
+    code = main(["train", "--reward", "brightness", "--pretrained_model", str(model), "--dataset", prompts,
+                 "--sample_num_steps", "2", "--sample_batch_size", "4", "--sample_num_batches_per_epoch", "2",
+                 "--train_batch_size", "4", "--num_generations", "2", "--mixed_precision", "no",
+                 "--logdir", str(tmp_path / "logs"), "--exp_name", "run"])
+    assert code == 2
+    err = capsys.readouterr().err  # diffusers' own loading bars come first: the model did load
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("trl-safediffusion train: error: "), err
+    assert "train_dataset has 2 prompts but an epoch needs 4 distinct prompts" in lines[0]
+    assert not os.path.exists(tmp_path / "logs" / "run" / "checkpoints" / "checkpoint_0")

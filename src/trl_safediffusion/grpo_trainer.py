@@ -122,6 +122,8 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         self.prompt_fn = prompt_function
         reward_function = self._combine_rewards(reward_function, config.reward_weights)
         self._setup(config, reward_function, sd_pipeline, image_samples_hook)
+        if train_dataset is not None:
+            self._check_enough_prompts()
 
     @staticmethod
     def _check_dataset(dataset, config):
@@ -168,10 +170,8 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         c = self.config
         return c.sample_batch_size * c.sample_num_batches_per_epoch // c.num_generations
 
-    def _epoch_group_rows(self, epoch: int) -> list[int]:
-        """Dataset rows of this epoch's groups, for all processes in order (the same list on every process)."""
-        from trl.trainer.utils import RepeatSampler
-
+    def _check_enough_prompts(self):
+        """An epoch samples `num_processes * groups per process` distinct prompts: checked before the first epoch."""
         n_groups = self._groups_per_process() * self.accelerator.num_processes
         n_rows = len(self.train_dataset)
         if n_groups > n_rows:
@@ -180,6 +180,14 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 "(num_processes * sample_batch_size * sample_num_batches_per_epoch / num_generations); add prompts or "
                 "lower the batch sizes"
             )
+
+    def _epoch_group_rows(self, epoch: int) -> list[int]:
+        """Dataset rows of this epoch's groups, for all processes in order (the same list on every process)."""
+        from trl.trainer.utils import RepeatSampler
+
+        self._check_enough_prompts()
+        n_groups = self._groups_per_process() * self.accelerator.num_processes
+        n_rows = len(self.train_dataset)
         per_pass = n_rows // n_groups
         pass_idx, batch_idx = divmod(epoch, per_pass)
         # TRL's RepeatSampler gives a seeded shuffle of whole prompts; one pass of it is `per_pass` epochs.
