@@ -27,7 +27,10 @@ def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
     cmd = [sys.executable, "-m", "trl_safediffusion.cli", "train", *args]
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:  # a file, not a pipe: an unread pipe fills up and blocks the run
-        proc = subprocess.Popen([*cmd, "--num_epochs", "1000"], env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        # a shell's background job (`make test &`) ignores SIGINT, and a child inherits that: restore the default so
+        # that Python turns Ctrl-C into KeyboardInterrupt as it does in a terminal
+        proc = subprocess.Popen([*cmd, "--num_epochs", "1000"], env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         checkpoints = logdir / "run" / "checkpoints"
         deadline = time.time() + 240
         # epochs take a fraction of a second and older checkpoints are pruned: wait for any after the first epoch
