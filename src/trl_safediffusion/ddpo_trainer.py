@@ -917,11 +917,15 @@ class DDPOTrainer:
         self.resumed_from = path
 
     # ================================================================== saving / Hub
+    def _citations(self) -> list[str]:
+        """BibTeX entries of this trainer's method, for its model cards and sample datasets."""
+        from .hub import DDPO_CITATION
+
+        return [DDPO_CITATION]
+
     def _model_card_info(self) -> dict:
         """What the model card reports, read only from attributes this trainer has: DDPO (arXiv 2305.13301), its
         citation and `_tag_names`, the recipe, the reward and where the prompts came from."""
-        from .hub import DDPO_CITATION
-
         c = self.config
         prompt_fn = getattr(self, "prompt_fn", None)
         prompt_sources = []
@@ -936,7 +940,7 @@ class DDPOTrainer:
                 "learning on the denoising steps, a clipped policy-gradient objective that makes sampled trajectories "
                 "with a high reward more likely"
             ),
-            "citations": [DDPO_CITATION],
+            "citations": self._citations(),
             "prompt_sources": prompt_sources,
             "recipe": {
                 "sample_num_steps": c.sample_num_steps,
@@ -1037,7 +1041,7 @@ class DDPOTrainer:
                                  token=self.config.hub_token, private=self.config.hub_private_repo,
                                  model_repo_id=self.config.hub_model_id, method=self._method_name,
                                  method_tags=[t for t in self._tag_names if t not in ("trl", "trl-safediffusion")],
-                                 citations=self._model_card_info()["citations"])
+                                 citations=self._citations())
         except HubPushError as err:
             logger.warning("%s (samples of epoch %d are kept locally)", err, epoch)
 

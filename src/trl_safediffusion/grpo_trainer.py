@@ -185,8 +185,7 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         """Dataset rows of this epoch's groups, for all processes in order (the same list on every process)."""
         from trl.trainer.utils import RepeatSampler
 
-        self._check_enough_prompts()
-        n_groups = self._groups_per_process() * self.accelerator.num_processes
+        n_groups = self._groups_per_process() * self.accelerator.num_processes  # enough prompts: checked at init
         n_rows = len(self.train_dataset)
         per_pass = n_rows // n_groups
         pass_idx, batch_idx = divmod(epoch, per_pass)
@@ -253,17 +252,16 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                             log[f"reward/{label}={value}/std"] = float(values[mask].std())
         self._log(log, step=global_step)
 
+    def _citations(self) -> list[str]:
+        from .hub import DDPO_CITATION, GRPO_CITATION, SAFEDIFFUSION_R1_CITATION
+
+        return [SAFEDIFFUSION_R1_CITATION, DDPO_CITATION, GRPO_CITATION]
+
     def _model_card_info(self) -> dict:
         """The DDPO card information with this trainer's story: SafeDiffusion-R1 online GRPO (arXiv 2605.18719), the
         steering sentence when the reward is the CLIP steering reward, the GRPO recipe and the training prompts'
         sources (Hub ids with their namespace, local files by name)."""
-        from .hub import (
-            DDPO_CITATION,
-            GRPO_CITATION,
-            SAFEDIFFUSION_R1_CITATION,
-            _is_steering_reward,
-            training_data_sources,
-        )
+        from .hub import _is_steering_reward, training_data_sources
 
         info = super()._model_card_info()
         c = self.config
@@ -280,7 +278,6 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 "ordinary prompt alignment; no safety classifier and no paired data are used"
             )
         info["method"] = method
-        info["citations"] = [SAFEDIFFUSION_R1_CITATION, DDPO_CITATION, GRPO_CITATION]
         info["recipe"].update(
             {
                 "num_generations": c.num_generations,
