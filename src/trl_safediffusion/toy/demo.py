@@ -63,7 +63,7 @@ class DemoSettings:
         scale_rewards (`str`): GRPO advantage scaling, "group" (the paper) or "batch" (see `SafeDDPOGRPOConfig`).
         advantage_std (`str`): std that scales the advantages, "population" (divides by G) or "unbiased" (G - 1,
             the library default). The demo's KL and structure-anchor weights were tuned with "population"; "unbiased"
-            shrinks the policy term by sqrt((G - 1) / G) against them (seed 0: red 10.2% instead of 7.4%).
+            shrinks the policy term by sqrt((G - 1) / G) against them and leaves more red.
         eval_images (`int`): images per evaluation split (>= 200 for the reported targets).
         eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
         guidance_scale (`float`): classifier-free guidance at evaluation.
