@@ -815,6 +815,26 @@ class DDPOTrainer:
         self._flush_trackers()
         return global_step
 
+    def set_schedule(self, sample_guidance_scale: float | None = None, train_learning_rate: float | None = None):
+        """Change the guidance of the rollouts and the learning rate between two `train()` calls (a curriculum).
+
+        Args:
+            sample_guidance_scale (`float`, *optional*): new `config.sample_guidance_scale` (>= 1; training uses it
+                too when `train_cfg`).
+            train_learning_rate (`float`, *optional*): new `config.train_learning_rate`, applied to every parameter
+                group of the optimizer.
+        """
+        if sample_guidance_scale is not None:
+            if not sample_guidance_scale >= 1.0:
+                raise ValueError(f"sample_guidance_scale must be >= 1, got {sample_guidance_scale!r}")
+            self.config.sample_guidance_scale = float(sample_guidance_scale)
+        if train_learning_rate is not None:
+            if not train_learning_rate > 0:
+                raise ValueError(f"train_learning_rate must be > 0, got {train_learning_rate!r}")
+            self.config.train_learning_rate = float(train_learning_rate)
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(train_learning_rate)
+
     def _epoch_summary(self, epoch: int, epochs: int) -> str:
         """One line on `epoch` from its logs: reward mean and std (by label where logged), mean loss and KL terms."""
         records = [r for r in self.log_history if r.get("epoch") == epoch]

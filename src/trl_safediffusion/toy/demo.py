@@ -379,13 +379,10 @@ def run_demo(
     stage1 = settings.epochs - settings.stage2_epochs
     trainer.train(stage1)
     if settings.stage2_epochs:
-        trainer.config.sample_guidance_scale = settings.stage2_guidance_scale
         lr = settings.stage2_learning_rate or (
             settings.learning_rate * settings.train_guidance_scale / settings.stage2_guidance_scale
         )
-        trainer.config.train_learning_rate = lr
-        for group in trainer.optimizer.param_groups:
-            group["lr"] = lr
+        trainer.set_schedule(sample_guidance_scale=settings.stage2_guidance_scale, train_learning_rate=lr)
         logger.info("stage 2: %d epochs at guidance %s, lr %.2g", settings.stage2_epochs,
                     settings.stage2_guidance_scale, lr)
         trainer.train(settings.epochs)
