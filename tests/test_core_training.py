@@ -101,11 +101,11 @@ def _trajectory_log_probs(trainer, samples):
     total = 0.0
     with torch.no_grad():
         for t in range(samples["timesteps"].shape[1]):
-            embeds = trainer._training_embeds(samples["prompt_embeds"])
-            pred = trainer._unet_prediction(trainer.unet, samples["latents"][:, t], samples["timesteps"][:, t], embeds)
-            out = trainer.sd_pipeline.scheduler_step(
-                pred, samples["timesteps"][:, t], samples["latents"][:, t], eta=trainer.config.sample_eta,
-                prev_sample=samples["next_latents"][:, t],
+            cond, neg = trainer._training_conditioning({"prompt_embeds": samples["prompt_embeds"]})
+            out = trainer.sd_pipeline.step_distribution(
+                trainer.unet, samples["latents"][:, t], samples["timesteps"][:, t], cond, neg,
+                trainer.config.sample_guidance_scale, trainer.config.sample_eta,
+                next_latents=samples["next_latents"][:, t],
             )
             total = total + out.log_probs
     return total

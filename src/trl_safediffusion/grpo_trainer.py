@@ -1,70 +1,29 @@
 """`SafeDDPOGRPOTrainer`: online GRPO for Stable Diffusion (SafeDiffusion-R1, arXiv 2605.18719).
 
-Differences from DDPO: prompts come from a dataset (or a prompt function) in groups of G; all samples of a group
-share their initial noise; the advantage of a sample is its reward relative to its own group (GRPO, arXiv
-2402.03300), a zero-variance group contributing nothing; an optional KL term to the reference policy.
+What SafeDiffusion-R1 adds to DDPO lives here, in the hooks of `DDPOTrainer`: prompts from a dataset (or a prompt
+function) in groups of G, all samples of a group sharing their initial noise; the advantage of a sample is its reward
+relative to its own group (GRPO, arXiv 2402.03300), a zero-variance group contributing nothing; the reference policy
+(adapters off, or a frozen copy) with the KL to it (guided or per guidance branch) and its per-label weights; the
+structure anchor; rewards logged by prompt label; its card.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Callable
 
-import numpy as np
+import torch
 
-from .ddpo_trainer import DDPOTrainer, _mix_seed, _SamplePlan
+from .advantages import group_advantages
+from .ddpo_trainer import DDPOTrainer
 from .grpo_config import SafeDDPOGRPOConfig
-from .pipelines.stable_diffusion import DDPOStableDiffusionPipeline
+from .losses import feature_anchor_loss, same_std_gaussian_kl
+from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution
+from .reward_stats import label_split_log
+from .sample_plan import DATASET_ORDER, GROUP_NOISE, GROUP_STEP_NOISE, SamplePlan, mix_seed
 
-
-def group_advantages(
-    rewards: np.ndarray, group_size: int, scale: str = "group", eps: float = 1e-8, std: str = "unbiased"
-) -> tuple[np.ndarray, dict]:
-    """Group-relative advantages for rewards laid out group after group.
-
-    Non-finite rewards get advantage 0 and are left out of their group's statistics; a group whose finite rewards
-    have (numerically) zero variance, or fewer than two finite rewards, gets advantage 0.
-
-    Args:
-        rewards (`np.ndarray`): (num_groups * group_size,) rewards, group after group.
-        group_size (`int`): G.
-        scale (`str`, *optional*, defaults to `"group"`): `"group"` (r - mean_g) / (std_g + eps), `"batch"` divides by
-            the std of the whole batch, `"none"` only subtracts the group mean.
-        eps (`float`, *optional*, defaults to `1e-8`): added to the std.
-        std (`str`, *optional*, defaults to `"unbiased"`): `"unbiased"` divides the sum of squares by n - 1 (torch's
-            default std, as TRL's `GRPOTrainer` and the SafeDiffusion-R1 reference code), `"population"` by n.
-
-    Returns:
-        `(advantages, stats)` with `stats` holding `zero_std_fraction` and `nonfinite`.
-    """
-    if std not in ("unbiased", "population"):
-        raise ValueError(f"std must be 'unbiased' or 'population', got {std!r}")
-    ddof = 1 if std == "unbiased" else 0
-    rewards = np.asarray(rewards, dtype=np.float64)
-    if rewards.ndim != 1 or rewards.size % group_size:
-        raise ValueError(f"rewards ({rewards.shape}) must be 1-D with a length that is a multiple of {group_size}")
-    r = rewards.reshape(-1, group_size)  # (num_groups, G)
-    finite = np.isfinite(r)
-    count = finite.sum(axis=1, keepdims=True)
-    safe = np.where(finite, r, 0.0)
-    mean = safe.sum(axis=1, keepdims=True) / np.maximum(count, 1)
-    var = (np.where(finite, (r - mean) ** 2, 0.0)).sum(axis=1, keepdims=True) / np.maximum(count - ddof, 1)
-    group_std = np.sqrt(var)  # (num_groups, 1)
-    scale_floor = 1e-12 * np.maximum(1.0, np.abs(mean))
-    degenerate = (count < 2) | (group_std <= scale_floor)  # (num_groups, 1)
-    centred = np.where(finite, r - mean, 0.0)
-    if scale == "group":
-        adv = centred / (group_std + eps)
-    elif scale == "batch":
-        all_finite = rewards[np.isfinite(rewards)]
-        batch_std = all_finite.std(ddof=ddof) if all_finite.size > ddof else 0.0
-        adv = centred / (batch_std + eps)
-    elif scale == "none":
-        adv = centred
-    else:
-        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
-    adv = np.where(degenerate | ~finite, 0.0, adv)
-    stats = {"zero_std_fraction": float(degenerate.mean()), "nonfinite": int((~finite).sum())}
-    return adv.reshape(-1), stats
+__all__ = ["SafeDDPOGRPOTrainer", "group_advantages"]
 
 
 class SafeDDPOGRPOTrainer(DDPOTrainer):
@@ -89,6 +48,7 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
 
     _tag_names = ["trl", "trl-safediffusion", "safediffusion-r1", "grpo", "safety"]
     _method_name = "SafeDiffusion-R1"
+    _requires_prompt_function = False  # a train_dataset instead is the GRPO way
 
     def __init__(
         self,
@@ -111,7 +71,6 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
             )
         if structure_fn is not None and config.structure_weight == 0:
             raise ValueError("structure_fn is given but config.structure_weight is 0: set structure_weight > 0 to use it")
-        self.structure_fn = structure_fn
         if (train_dataset is None) == (prompt_function is None):
             raise ValueError("pass exactly one of train_dataset (a datasets.Dataset with a prompt column) or prompt_function")
         if prompt_function is not None and not callable(prompt_function):
@@ -119,9 +78,10 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         if train_dataset is not None:
             self._check_dataset(train_dataset, config)
         self.train_dataset = train_dataset
-        self.prompt_fn = prompt_function
+        self.structure_fn = structure_fn
+        self.ref_unet = None  # the frozen reference of a full fine-tune (LoRA: the adapters switched off)
         reward_function = self._combine_rewards(reward_function, config.reward_weights)
-        self._setup(config, reward_function, sd_pipeline, image_samples_hook)
+        super().__init__(config, reward_function, prompt_function, sd_pipeline, image_samples_hook)
         if train_dataset is not None:
             self._check_enough_prompts()
 
@@ -192,12 +152,12 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         # TRL's RepeatSampler gives a seeded shuffle of whole prompts; one pass of it is `per_pass` epochs.
         sampler = RepeatSampler(
             self.train_dataset, mini_repeat_count=1, batch_size=n_groups, shuffle=True,
-            seed=_mix_seed(self.config.seed, 4, pass_idx) % (2**31),
+            seed=mix_seed(self.config.seed, DATASET_ORDER, pass_idx) % (2**31),
         )
         order = list(sampler)
         return order[batch_idx * n_groups : (batch_idx + 1) * n_groups]
 
-    def _sample_plan(self, epoch: int) -> _SamplePlan:
+    def _sample_plan(self, epoch: int) -> SamplePlan:
         c = self.config
         G = c.num_generations
         k = self._groups_per_process()
@@ -225,9 +185,139 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 noise_id = global_group if c.share_initial_noise else (1 << 40) + sample_id
                 prompts.append(prompt)
                 metadata.append(meta)
-                noise_seeds.append(_mix_seed(c.seed, 5, epoch, noise_id))
-                step_seeds.append(_mix_seed(c.seed, 6, epoch, sample_id))
-        return _SamplePlan(prompts, metadata, noise_seeds, step_seeds)
+                noise_seeds.append(mix_seed(c.seed, GROUP_NOISE, epoch, noise_id))
+                step_seeds.append(mix_seed(c.seed, GROUP_STEP_NOISE, epoch, sample_id))
+        return SamplePlan(prompts, metadata, noise_seeds, step_seeds)
+
+    # ------------------------------------------------------------------ the reference policy
+    def _setup_extra_models(self):
+        """A frozen copy of the pretrained model for the KL and the anchor of a full fine-tune (with LoRA the reference
+        is the model with its adapters off). Built before a checkpoint is resumed: it holds the pretrained weights."""
+        c, pipe = self.config, self.sd_pipeline
+        if (c.beta > 0 or c.structure_weight > 0) and not pipe.use_lora:
+            self.ref_unet = copy.deepcopy(pipe.model).requires_grad_(False).to(self.accelerator.device,
+                                                                             dtype=self.inference_dtype)
+            self.ref_unet.eval()
+
+    def _reference_model(self):
+        """`(model, context)`: the reference policy's model and the context that makes it so."""
+        if self.ref_unet is not None:
+            return self.ref_unet, contextlib.nullcontext()
+        model = self.accelerator.unwrap_model(self.model)
+        return model, self.sd_pipeline.adapters_disabled(model)
+
+    def _reference_step(self, batch: dict, branches: bool = False) -> StepDistribution:
+        """The reference policy's step distribution at the batch's states (no gradient)."""
+        with torch.no_grad():
+            model, ctx = self._reference_model()
+            with ctx:
+                return self._step(model, batch, branches=branches)
+
+    # ------------------------------------------------------------------ per-sample weights
+    def _sample_weights(self, metadata) -> dict[str, torch.Tensor]:
+        weights = {}
+        kl = self._kl_weights(metadata)
+        if kl is not None:
+            weights["kl"] = kl
+        structure = self._structure_weights(metadata)
+        if structure is not None:
+            weights["structure"] = structure
+        return weights
+
+    def _kl_weights(self, metadata) -> torch.Tensor | None:
+        """(N,) KL weight per local sample: `kl_unsafe_weight` where the label column is true, else 1 (None: all 1)."""
+        c = self.config
+        if c.beta <= 0 or c.kl_unsafe_weight == 1.0:
+            return None
+        weight = float(c.kl_unsafe_weight)
+        return self._label_weights(metadata, weight, 1.0, f"kl_unsafe_weight={weight}", "kl_unsafe_weight=1")
+
+    def _structure_weights(self, metadata) -> torch.Tensor | None:
+        """(N,) structure-anchor weight per local sample: `structure_weight` where the label column is true, else 0
+        (None: no anchor)."""
+        weight = float(self.config.structure_weight)
+        if weight <= 0:
+            return None
+        return self._label_weights(metadata, weight, 0.0, f"structure_weight={weight}", "structure_weight=0")
+
+    def _label_weights(self, metadata, unsafe_value, safe_value, option, off) -> torch.Tensor:
+        label = self.config.label_column
+        if not label or not all(isinstance(m, dict) and label in m for m in metadata):
+            raise ValueError(
+                f"{option} needs every prompt's metadata to carry label_column {label!r} (mix_prompts adds it); set "
+                f"label_column to your dataset's unsafe column or {off}"
+            )
+        values = [unsafe_value if _truthy(m[label]) else safe_value for m in metadata]
+        return torch.tensor(values, dtype=torch.float32, device=self.accelerator.device)
+
+    # ------------------------------------------------------------------ loss terms
+    def _policy_branches(self) -> bool:
+        # kl_mode="branches" anchors each guidance branch, so the policy's step carries them
+        return self.config.beta > 0 and self.config.kl_mode == "branches" and self._train_with_cfg
+
+    def compute_loss_terms(self, latents, timesteps, next_latents, log_probs, advantages, conditioning,
+                           kl_weights=None, structure_weights=None, sample_weights=None) -> dict[str, torch.Tensor]:
+        """[`DDPOTrainer.compute_loss_terms`] with SafeDiffusion-R1's terms.
+
+        Args:
+            kl_weights (`torch.Tensor`, *optional*): (N,) weight of each step's KL term (`kl_unsafe_weight` on
+                unsafe-labelled samples, 1 elsewhere); all ones when omitted.
+            structure_weights (`torch.Tensor`, *optional*): (N,) weight of each step's structure anchor
+                (`structure_weight` on unsafe-labelled samples, 0 elsewhere); omitted, there is no anchor.
+
+        Returns:
+            `dict` with `loss`, `approx_kl`, `clipfrac`, `kl` (the weighted mean KL to the reference policy, 0 when
+            beta = 0) and, with structure weights, `structure` (the weighted mean anchor); `loss` includes
+            `beta * kl + structure`.
+        """
+        weights = dict(sample_weights or {})
+        if kl_weights is not None:
+            weights["kl"] = kl_weights
+        if structure_weights is not None:
+            weights["structure"] = structure_weights
+        return super().compute_loss_terms(latents, timesteps, next_latents, log_probs, advantages, conditioning,
+                                          sample_weights=weights)
+
+    def _extra_loss_terms(self, batch: dict, policy: StepDistribution) -> dict[str, tuple[torch.Tensor, float]]:
+        c = self.config
+        advantages = batch["advantages"]
+        terms = {"kl": (torch.zeros((), device=policy.log_probs.device), 0.0)}
+        ref = None  # the reference policy's step, computed once for whichever term needs it
+        if c.beta > 0:
+            weights = batch["weights"].get("kl")
+            w = torch.ones_like(advantages) if weights is None else weights.to(advantages)
+            branches = self._policy_branches()
+            ref = self._reference_step(batch, branches=branches)
+            if branches:
+                (uncond, cond), (ref_uncond, ref_cond) = policy.branches, ref.branches
+                # the unconditional prediction sees no prompt: anchored for every sample
+                per = w * same_std_gaussian_kl(cond.mean, ref_cond.mean, cond.std)
+                per = per + same_std_gaussian_kl(uncond.mean, ref_uncond.mean, uncond.std)
+            else:
+                per = w * same_std_gaussian_kl(policy.mean, ref.mean, policy.std)
+            terms["kl"] = (per.mean(), c.beta)
+        weights = batch["weights"].get("structure")
+        if weights is not None:
+            terms["structure"] = (self._structure_anchor(batch, policy, ref, weights.to(advantages)), 1.0)
+        return terms
+
+    def _structure_anchor(self, batch, policy: StepDistribution, ref, weights: torch.Tensor) -> torch.Tensor:
+        """The structure anchor: `structure_fn` features of the policy's predicted x0 against the reference's, on the
+        rows with a positive weight; a mean over all N rows, as the KL."""
+        rows = weights > 0
+        if not bool(rows.any()):
+            return torch.zeros((), device=weights.device)
+        if ref is None:
+            ref = self._reference_step(batch)
+        with torch.no_grad():
+            target = self.structure_fn(ref.pred_original_sample[rows]).float()
+        features = self.structure_fn(policy.pred_original_sample[rows]).float()
+        if features.shape != target.shape or features.shape[0] != int(rows.sum()):
+            raise ValueError(
+                f"structure_fn must map (n, C, h, w) latents to features with n rows, got {tuple(features.shape)} for "
+                f"{int(rows.sum())} latents"
+            )
+        return feature_anchor_loss(features, target, weights[rows], weights.numel())
 
     # ------------------------------------------------------------------ advantages and logs
     def _compute_advantages(self, rewards, prompts, metadata=None):
@@ -236,26 +326,36 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         self._group_stats = stats
         return adv
 
-    def _log_rewards(self, epoch, global_step, rewards, prompts, metadata, reward_results, advantages):
-        log, components = self._reward_log(epoch, rewards, reward_results)
+    def _reward_log(self, epoch, rewards, components, metadata) -> dict:
+        log = super()._reward_log(epoch, rewards, components, metadata)
         log["frac_reward_zero_std"] = self._group_stats["zero_std_fraction"]
-        label = self.config.label_column
-        if metadata and isinstance(metadata[0], dict) and label in metadata[0]:
-            labels = np.asarray([str(m.get(label)).lower() for m in metadata])
-            series = {"": rewards, **{f"{name}/": values for name, values in components.items()}}
-            for value in sorted(set(labels.tolist())):
-                for prefix, values in series.items():
-                    mask = (labels == value) & np.isfinite(values)
-                    if mask.any():
-                        log[f"reward/{prefix}{label}={value}/mean"] = float(values[mask].mean())
-                        if not prefix:
-                            log[f"reward/{label}={value}/std"] = float(values[mask].std())
-        self._log(log, step=global_step)
+        log.update(label_split_log(rewards, components, metadata, self.config.label_column))
+        return log
 
     def _citations(self) -> list[str]:
         from .hub import DDPO_CITATION, GRPO_CITATION, SAFEDIFFUSION_R1_CITATION
 
         return [SAFEDIFFUSION_R1_CITATION, DDPO_CITATION, GRPO_CITATION]
+
+    def _recipe(self) -> dict:
+        c = self.config
+        recipe = {}
+        for key, value in super()._recipe().items():
+            recipe[key] = value
+            if key == "epochs_trained":  # where cards have always shown the group size and the KL weight
+                recipe.update(num_generations=c.num_generations, beta=c.beta)
+        recipe.update(
+            {
+                "share_initial_noise": c.share_initial_noise,
+                "scale_rewards": c.scale_rewards,
+                "advantage_std": c.advantage_std,
+                "train_skip_last_timestep": c.train_skip_last_timestep,
+                "kl_mode": c.kl_mode if c.beta else None,
+                "kl_unsafe_weight": c.kl_unsafe_weight if c.beta else None,
+                "structure_weight": c.structure_weight or None,
+            }
+        )
+        return recipe
 
     def _model_card_info(self) -> dict:
         """The DDPO card information with this trainer's story: SafeDiffusion-R1 online GRPO (arXiv 2605.18719), the
@@ -278,18 +378,6 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
                 "ordinary prompt alignment; no safety classifier and no paired data are used"
             )
         info["method"] = method
-        info["recipe"].update(
-            {
-                "num_generations": c.num_generations,
-                "share_initial_noise": c.share_initial_noise,
-                "scale_rewards": c.scale_rewards,
-                "advantage_std": c.advantage_std,
-                "train_skip_last_timestep": c.train_skip_last_timestep,
-                "kl_mode": c.kl_mode if c.beta else None,
-                "kl_unsafe_weight": c.kl_unsafe_weight if c.beta else None,
-                "structure_weight": c.structure_weight or None,
-            }
-        )
         if self.train_dataset is not None:
             info["dataset_size"] = len(self.train_dataset)
             hub_ids, local = training_data_sources(self.train_dataset)
@@ -300,3 +388,10 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         return info
 
 
+
+
+def _truthy(value) -> bool:
+    """A label value as a bool: True/1/"true"/"yes"/"unsafe" (any case) are true."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "unsafe")
+    return bool(value)

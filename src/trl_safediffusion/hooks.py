@@ -94,3 +94,15 @@ class ImageGridHook:
 def image_grid_hook(**kwargs) -> ImageGridHook:
     """`ImageGridHook(**kwargs)`: the default image hook of the command line and the examples."""
     return ImageGridHook(**kwargs)
+
+
+class NullTracker:
+    """Handed to `image_samples_hook` when no tracker is configured, so TRL-style hooks run unchanged."""
+
+    name = "none"
+
+    def log(self, values, step=None, **kwargs):
+        logger.debug("no tracker configured; dropping %d values at step %s", len(values), step)
+
+    def log_images(self, values, step=None, **kwargs):
+        logger.debug("no tracker configured; dropping %d images at step %s", len(values), step)

@@ -1287,3 +1287,24 @@ __all__ = [
     "training_data_sources",
     "write_training_model_card",
 ]
+
+
+def epoch_samples_dataset(prompt_image_data, prompts, metadata, label_column=None, epoch=None, seed=None):
+    """[`samples_to_dataset`] of one epoch's sampled batches as the trainers hold them (`[images, prompts,
+    prompt_metadata, rewards, reward_metadata]` per batch): labels from `label_column` of the metadata when every
+    sample has it, and each reward component that covers every image."""
+    import torch
+
+    images = torch.cat([d[0] for d in prompt_image_data]).float().cpu()
+    rewards = torch.cat([d[3] for d in prompt_image_data]).float().cpu()
+    labels = None
+    if label_column and metadata and isinstance(metadata[0], dict) and label_column in metadata[0]:
+        labels = [str(m[label_column]) for m in metadata]
+    components: dict[str, list] = {}
+    for d in prompt_image_data:
+        comps = d[4].get("components") if isinstance(d[4], dict) else None
+        for name, values in (comps or {}).items():
+            components.setdefault(name, []).append(torch.as_tensor(values).float().cpu().reshape(-1))
+    components = {k: torch.cat(v) for k, v in components.items() if sum(len(x) for x in v) == len(images)}
+    return samples_to_dataset(images, list(prompts), labels=labels, rewards=rewards,
+                              reward_components=components or None, epoch=epoch, seed=seed)

@@ -1,8 +1,14 @@
-from .stable_diffusion import (
-    DDPOPipelineOutput,
-    DDPOStableDiffusionPipeline,
-    DefaultDDPOStableDiffusionPipeline,
-    RolloutOutput,
-)
+"""The model interface (`base`) and its adapters, one per model family."""
 
-__all__ = ["DDPOPipelineOutput", "DDPOStableDiffusionPipeline", "DefaultDDPOStableDiffusionPipeline", "RolloutOutput"]
+from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
+from .conditioning import Conditioning
+from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
+
+__all__ = [
+    "Conditioning",
+    "DDPOPipelineOutput",
+    "DDPOStableDiffusionPipeline",
+    "DefaultDDPOStableDiffusionPipeline",
+    "RolloutOutput",
+    "StepDistribution",
+]

@@ -1,4 +1,4 @@
-"""The DDPO pipeline interface and its default implementation over any diffusers `StableDiffusionPipeline`."""
+"""The Stable Diffusion 1.x / 2.x adapter of the model interface (`DefaultDDPOStableDiffusionPipeline`)."""
 
 from __future__ import annotations
 
@@ -6,48 +6,18 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 
-from ..schedulers.ddim_with_logprob import DDPOSchedulerOutput, ddim_step_std, ddim_step_with_logprob
+from ..schedulers.ddim_with_logprob import ddim_step_std, ddim_step_with_logprob
+from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
+from .conditioning import Conditioning
+from .precision import KeepsBaseWeights, _module_dtype
 
 # Plain `logging`: accelerate's logger raises if used before an Accelerator exists (a TRL v0.23.1 defect).
 logger = logging.getLogger(__name__)
 
 DEFAULT_LORA_TARGET_MODULES = ("to_k", "to_q", "to_v", "to_out.0")
-
-
-@dataclass
-class DDPOPipelineOutput:
-    """TRL-compatible output of `DDPOStableDiffusionPipeline.__call__`.
-
-    Args:
-        images (`torch.Tensor`): (B, 3, H, W) in [0, 1] (or PIL images / numpy with other `output_type`).
-        latents (`list[torch.Tensor]`): T + 1 latents, each (B, C, h, w).
-        log_probs (`list[torch.Tensor]`): T log-probabilities, each (B,).
-    """
-
-    images: object
-    latents: list
-    log_probs: list
-
-
-@dataclass
-class RolloutOutput:
-    """A batch of trajectories from [`DDPOStableDiffusionPipeline.rollout`].
-
-    Args:
-        images (`torch.Tensor`): decoded images (B, 3, H, W), float32 in [0, 1].
-        latents (`torch.Tensor`): (B, T + 1, C, h, w) float32, the initial noise first.
-        log_probs (`torch.Tensor`): (B, T) float32 log-probability of each step's sampled latent.
-        timesteps (`torch.Tensor`): (T,) long, the scheduler timesteps of the steps.
-    """
-
-    images: torch.Tensor
-    latents: torch.Tensor
-    log_probs: torch.Tensor
-    timesteps: torch.Tensor
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -59,18 +29,6 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     if shift:
         scaled = scaled + shift
     return vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample.float() / 2 + 0.5
-
-
-def _module_dtype(module) -> torch.dtype:
-    inner = getattr(module, "module", module)  # DistributedDataParallel and similar wrappers
-    dtype = getattr(inner, "dtype", None)
-    return dtype if isinstance(dtype, torch.dtype) else next(inner.parameters()).dtype
-
-
-def _named_tensors(module: torch.nn.Module):
-    """`(name, tensor)` for every parameter and buffer of `module`, named as in its state dict."""
-    yield from module.named_parameters()
-    yield from module.named_buffers()
 
 
 def fuse_lora_unet(unet, dtype: torch.dtype | None = None):
@@ -92,102 +50,7 @@ def fuse_lora_unet(unet, dtype: torch.dtype | None = None):
     return plain.to(dtype or unet.dtype)
 
 
-class DDPOStableDiffusionPipeline:
-    """Interface the DDPO/GRPO trainers use. Subclass it to train another diffusion model."""
-
-    use_lora: bool = False
-    # True while the LoRA adapters hold the weights they were created with: the trainer then calls
-    # `init_lora_weights(config.seed)` so that the seed alone decides them
-    lora_weights_untrained: bool = False
-
-    def init_lora_weights(self, seed: int):
-        raise NotImplementedError
-
-    def __call__(self, *args, **kwargs) -> DDPOPipelineOutput:
-        raise NotImplementedError
-
-    def rollout(self, *args, **kwargs) -> RolloutOutput:
-        raise NotImplementedError
-
-    def scheduler_step(self, *args, **kwargs) -> DDPOSchedulerOutput:
-        raise NotImplementedError
-
-    def step_std(self, num_inference_steps: int, eta: float) -> torch.Tensor:
-        """(T,) standard deviation of each step of a `num_inference_steps` rollout; a step with std 0 is never
-        trained on."""
-        raise NotImplementedError
-
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    @property
-    def unet(self):
-        raise NotImplementedError
-
-    @property
-    def vae(self):
-        raise NotImplementedError
-
-    @property
-    def tokenizer(self):
-        raise NotImplementedError
-
-    @property
-    def scheduler(self):
-        raise NotImplementedError
-
-    @property
-    def text_encoder(self):
-        raise NotImplementedError
-
-    @property
-    def autocast(self):
-        raise NotImplementedError
-
-    def set_progress_bar_config(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def cast_for_training(self, device, inference_dtype: torch.dtype):
-        r"""
-        Place the components for training (the trainer calls this once, before preparing the UNet): the frozen VAE
-        and text encoder on `device` in `inference_dtype`; with LoRA the frozen UNet base weights in `inference_dtype`
-        and the trainable adapter weights in float32; otherwise the whole UNet in float32 (master weights for
-        autocast, so that the fp16 grad scaler only sees fp32 parameters).
-
-        This default casts in place and forgets the dtypes the components had; a pipeline whose saved folders must
-        keep the base's weights overrides it (see [`DefaultDDPOStableDiffusionPipeline.cast_for_training`]).
-
-        Args:
-            device (`torch.device`): the training device.
-            inference_dtype (`torch.dtype`): float32, or the mixed-precision dtype (bf16 / fp16).
-        """
-        self.vae.to(device, dtype=inference_dtype)
-        self.text_encoder.to(device, dtype=inference_dtype)
-        if self.use_lora:
-            self.unet.to(device, dtype=inference_dtype)
-            for p in self.unet.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
-        else:
-            self.unet.to(device, dtype=torch.float32)
-
-    def save_pretrained(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def get_trainable_layers(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def save_checkpoint(self, *args, **kwargs):
-        raise NotImplementedError
-
-    def load_checkpoint(self, *args, **kwargs):
-        raise NotImplementedError
-
-
-class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
+class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPipeline):
     r"""
     Wraps a diffusers `StableDiffusionPipeline` (SD 1.x / 2.x, epsilon or v-prediction) for DDPO/GRPO training.
 
@@ -298,8 +161,15 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
     # ------------------------------------------------------------------ components
     @property
+    def model(self):
+        return self.sd_pipeline.unet
+
+    @property
     def unet(self):
         return self.sd_pipeline.unet
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.vae, self.text_encoder]
 
     @property
     def vae(self):
@@ -339,63 +209,6 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
     def _components(self) -> tuple[tuple[str, torch.nn.Module], ...]:
         return (("vae", self.vae), ("text_encoder", self.text_encoder), ("unet", self.unet))
 
-    def cast_for_training(self, device, inference_dtype: torch.dtype):
-        r"""
-        Place the components for training, as the interface's [`DDPOStableDiffusionPipeline.cast_for_training`]
-        (frozen VAE, text encoder and, with LoRA, UNet base weights in `inference_dtype`; trainable weights in float32),
-        and remember what the cast changed so that [`save_pretrained`] writes the base's weights, not the training
-        copies: the frozen components bit for bit as they were before (same dtype, same values), and the trained UNet
-        in the dtype of the base's UNet.
-
-        Memory: a cast to a narrower dtype (float32 -> bf16 / fp16, or between bf16 and fp16) cannot be undone, so
-        the original of every frozen tensor cast that way is kept in CPU memory for the life of the pipeline. For an
-        fp32 Stable Diffusion 1.5 base under `mixed_precision="bf16"` or `"fp16"` that is about 0.5 GB (text encoder)
-        + 0.3 GB (VAE), plus 3.4 GB (the UNet base weights) with LoRA. Nothing is kept without mixed precision, nor
-        when the pipeline was loaded in the inference dtype (`torch_dtype=`); widening casts (to float32) are exact
-        and keep nothing. Calling it again keeps the first originals.
-
-        Args:
-            device (`torch.device`): the training device.
-            inference_dtype (`torch.dtype`): float32, or the mixed-precision dtype (bf16 / fp16).
-        """
-        for component, module in self._components():
-            self._original_dtypes.setdefault(component, _module_dtype(module))
-            kept = self._original_tensors.setdefault(component, {})
-            for name, tensor in _named_tensors(module):
-                if not tensor.is_floating_point():
-                    tensor.data = tensor.data.to(device)
-                    continue
-                trained = component == "unet" and (tensor.requires_grad or not self.use_lora)
-                target = torch.float32 if trained else inference_dtype
-                if tensor.dtype != target and target != torch.float32 and name not in kept:
-                    kept[name] = tensor.detach().to("cpu")  # on the CPU already: the same storage, no copy
-                tensor.data = tensor.data.to(device=device, dtype=target)
-
-    @contextlib.contextmanager
-    def _base_dtypes(self):
-        """Within the block every component holds the weights `save_pretrained` writes: the kept originals of the cast
-        frozen tensors, the other tensors in their component's original dtype (LoRA adapter weights stay float32 so
-        that a merge runs in full precision). The training tensors are put back afterwards."""
-        swapped = []
-        try:
-            for component, module in self._components():
-                kept = self._original_tensors.get(component, {})
-                dtype = self._original_dtypes.get(component)
-                for name, tensor in _named_tensors(module):
-                    if name in kept:
-                        replacement = kept[name]
-                    elif (dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype
-                          and not (self.use_lora and tensor.requires_grad)):
-                        replacement = tensor.detach().to(dtype)
-                    else:
-                        continue
-                    swapped.append((tensor, tensor.data))
-                    tensor.data = replacement
-            yield
-        finally:
-            for tensor, data in reversed(swapped):
-                tensor.data = data
-
     # ------------------------------------------------------------------ text
     @torch.no_grad()
     def encode_prompts(self, prompts) -> torch.Tensor:
@@ -421,6 +234,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             self._prompt_cache.move_to_end(p)
             out.append(self._prompt_cache[p])
         return torch.stack(out)
+
+    def encode_conditioning(self, prompts) -> Conditioning:
+        """`{"prompt_embeds": (B, L, D)}` for `prompts` (see `encode_prompts`)."""
+        return {"prompt_embeds": self.encode_prompts(prompts)}
 
     def clear_prompt_cache(self):
         self._prompt_cache.clear()
@@ -466,76 +283,48 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             raise ValueError(f"height and width must be multiples of the VAE factor {factor}, got {height}x{width}")
         return (self.unet.config.in_channels, height // factor, width // factor)
 
-    @torch.no_grad()
-    def rollout(
-        self,
-        prompt_embeds: torch.Tensor,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        eta: float = 1.0,
-        initial_latents: torch.Tensor | None = None,
-        generators: list[torch.Generator] | torch.Generator | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        autocast=None,
-        decode: bool = True,
-        show_progress: bool = False,
-    ) -> RolloutOutput:
-        """Sample trajectories with DDIM-with-log-prob and classifier-free guidance.
-
-        Args:
-            prompt_embeds (`torch.Tensor`): (B, L, D) text-encoder states.
-            negative_prompt_embeds (`torch.Tensor`, *optional*): (B, L, D) states of the unconditional branch; required
-                when `guidance_scale > 1`.
-            initial_latents (`torch.Tensor`, *optional*): (B, C, h, w) starting noise (e.g. shared within a group).
-            generators (list of `torch.Generator`, *optional*): one per sample, for the initial noise (when
-                `initial_latents` is None) and every step's noise: a sample's trajectory then does not depend on the
-                batch it was drawn in.
-            autocast (*optional*): a context manager factory used around the UNet (mixed precision).
-        """
-        from tqdm.auto import tqdm
-
-        unet = self.unet
-        device = unet.device
-        batch = prompt_embeds.shape[0]
-        cfg = guidance_scale > 1.0
-        if cfg and negative_prompt_embeds is None:
-            negative_prompt_embeds = self.encode_prompts([""] * batch)
-        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != batch:
-            negative_prompt_embeds = negative_prompt_embeds[:1].expand(batch, *negative_prompt_embeds.shape[1:])
+    def set_timesteps(self, num_inference_steps: int, device=None) -> torch.Tensor:
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        shape = self.latent_shape(height, width)
-        if initial_latents is None:
-            if isinstance(generators, (list, tuple)):
-                initial_latents = torch.stack(
-                    [torch.randn(shape, generator=g, device=g.device, dtype=torch.float32) for g in generators]
-                )
+        return self.scheduler.timesteps
+
+    def scale_initial_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise * self.scheduler.init_noise_sigma
+
+    def step_distribution(
+        self,
+        model,
+        latents,
+        timesteps,
+        conditioning,
+        negative_conditioning=None,
+        guidance_scale: float = 1.0,
+        eta: float = 1.0,
+        next_latents=None,
+        generator=None,
+        branches: bool = False,
+        autocast=None,
+    ) -> StepDistribution:
+        """The DDIM step of `model` at `latents` with its log-probability (see the interface's
+        [`~DDPOStableDiffusionPipeline.step_distribution`]); `conditioning` holds `prompt_embeds`."""
+        cfg = negative_conditioning is not None and guidance_scale > 1.0
+        with (autocast or contextlib.nullcontext)():
+            model_in = self.scheduler.scale_model_input(latents, timesteps)
+            if cfg:
+                uncond, cond = self.predict_branches(model, model_in, timesteps, conditioning["prompt_embeds"],
+                                                     negative_conditioning["prompt_embeds"])
+                pred = uncond + guidance_scale * (cond - uncond)
             else:
-                initial_latents = torch.randn((batch, *shape), generator=generators, dtype=torch.float32)
-        latents = initial_latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
-        all_latents = [latents]
-        all_log_probs = []
-        ctx = autocast or contextlib.nullcontext
-        iterator = tqdm(timesteps, desc="Sampling", leave=False, disable=not show_progress)
-        for t in iterator:
-            with ctx():
-                model_in = self.scheduler.scale_model_input(latents, t)
-                pred = self.predict(
-                    unet, model_in, t, prompt_embeds, negative_prompt_embeds, guidance_scale, cfg=cfg
+                pred = self.predict(model, model_in, timesteps, conditioning["prompt_embeds"], None, 1.0, cfg=False)
+        out = self.scheduler_step(pred, timesteps, latents, eta=eta, prev_sample=next_latents, generator=generator)
+        parts = None
+        if branches and cfg:
+            parts = tuple(
+                StepDistribution.from_scheduler_output(
+                    self.scheduler_step(branch, timesteps, latents, eta=eta, prev_sample=out.latents)
                 )
-            out = self.scheduler_step(pred, t, latents, eta=eta, generator=generators)
-            latents = out.latents
-            all_latents.append(latents)
-            all_log_probs.append(out.log_probs)
-        images = self.decode_latents(latents) if decode else None
-        return RolloutOutput(
-            images=images,
-            latents=torch.stack(all_latents, dim=1),  # (B, T + 1, C, h, w)
-            log_probs=torch.stack(all_log_probs, dim=1),  # (B, T)
-            timesteps=timesteps.clone(),  # (T,)
-        )
+                for branch in (uncond, cond)
+            )
+        return StepDistribution.from_scheduler_output(out, parts)
 
     def __call__(
         self,
@@ -704,3 +493,15 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         result = set_peft_model_state_dict(unet, unet_state, adapter_name="default")
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"LoRA checkpoint in {input_dir} has keys the UNet lacks: {result.unexpected_keys[:5]}")
+
+
+# names that lived here before the model interface moved to `base` (their import path keeps working)
+__all__ = [
+    "DDPOPipelineOutput",
+    "DDPOStableDiffusionPipeline",
+    "DefaultDDPOStableDiffusionPipeline",
+    "RolloutOutput",
+    "StepDistribution",
+    "fuse_lora_unet",
+    "vae_decode",
+]
