@@ -27,7 +27,6 @@ from .checkpointing import (
     TRAINER_STATE_NAME,
     check_writable_folder,
     list_checkpoints,
-    prune_checkpoints,
     read_trainer_state,
     resolve_checkpoint,
 )
@@ -37,8 +36,10 @@ from .hooks import NullTracker
 from .losses import approx_kl, clip_fraction, clipped_surrogate_loss
 from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution
 from .pipelines.conditioning import as_conditioning, repeat_rows, to_device
-from .reward_stats import RewardFunctionError, call_reward, epoch_summary, reward_components, reward_log
+from .publishing import PublishingMixin, describe_reward
+from .reward_stats import RewardFunctionError, call_reward, reward_components, reward_log
 from .sample_plan import DDPO_NOISE, STEP_NOISE, TRAIN_ORDER, SamplePlan, mix_seed
+from .tracking import TrackingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 
-class DDPOTrainer:
+class DDPOTrainer(TrackingMixin, PublishingMixin):
     r"""
     Denoising Diffusion Policy Optimization with TRL v0.23.1's interface.
 
@@ -113,7 +114,7 @@ class DDPOTrainer:
         self.image_samples_callback = image_samples_hook
         self.log_history: list[dict] = []
         self._card_overrides: dict = {}
-        self._log_prob_steps = self._steps_with_log_prob()
+        self._log_prob_steps = sd_pipeline.steps_with_log_prob(config.sample_num_steps, config.sample_eta)
         self.num_train_timesteps = self._num_train_timesteps()
         self._setup_accelerator()
         self._setup_model()
@@ -229,33 +230,9 @@ class DDPOTrainer:
         log-probability)."""
         return self._log_prob_steps
 
-    def _steps_with_log_prob(self) -> int:
-        """How many steps, from the first, are stochastic. Only the last may have zero variance (a DDIM scheduler
-        with `set_alpha_to_one=True`, or a last timestep of 0): it is sampled, never trained on (its log-probability
-        does not exist)."""
-        c = self.config
-        std = self.sd_pipeline.step_std(c.sample_num_steps, c.sample_eta)  # (T,)
-        zero = [int(i) for i in torch.nonzero(std == 0).reshape(-1)]
-        if not zero:
-            return c.sample_num_steps
-        if zero != [c.sample_num_steps - 1] or c.sample_num_steps == 1:
-            raise ValueError(
-                f"steps {zero} of the {c.sample_num_steps}-step schedule have zero variance and no log-probability; "
-                "raise sample_num_steps, or set the scheduler's set_alpha_to_one=False and steps_offset=1"
-            )
-        logger.info("the last of the %d sampling steps has zero variance (scheduler set_alpha_to_one=True or a last "
-                    "timestep of 0): it is sampled but never trained on", c.sample_num_steps)
-        return c.sample_num_steps - 1
-
     def _timestep_candidates(self) -> int:
         """How many steps, from the first, training picks from: `train_timestep_window` of the trainable ones."""
         return max(1, math.ceil(self._trainable_timestep_count() * self.config.train_timestep_window - 1e-9))
-
-    def _tracker_config(self) -> dict:
-        out = {}
-        for k, v in self.config.to_dict().items():
-            out[k] = v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
-        return out
 
     def _setup_optimizer(self, params):
         c = self.config
@@ -589,7 +566,6 @@ class DDPOTrainer:
         advantages = self._compute_advantages(rewards, prompts, metadata)
         components = {name: acc.gather(v.to(acc.device)).cpu().double().numpy()
                       for name, v in reward_components(reward_results).items()}
-        self._last_components = components
         self._log(self._reward_log(epoch, rewards, components, metadata), step=global_step)
 
         n_local = local_rewards.shape[0]
@@ -607,12 +583,6 @@ class DDPOTrainer:
     def _reward_log(self, epoch: int, rewards: np.ndarray, components: dict, metadata) -> dict:
         """Hook: the epoch's reward log record from the gathered rewards, components and metadata."""
         return reward_log(epoch, rewards, components, self.config.sample_guidance_scale)
-
-    def _log(self, values: dict, step: int):
-        record = {"step": step, **values}
-        self.log_history.append(record)
-        self.accelerator.log(values, step=step)
-        logger.info("step %d: %s", step, {k: (round(v, 5) if isinstance(v, float) else v) for k, v in values.items()})
 
     def train(self, epochs: int | None = None):
         """Train for `epochs` (default `config.num_epochs`) epochs, starting after a resumed checkpoint if any."""
@@ -646,43 +616,6 @@ class DDPOTrainer:
         self._flush_trackers()
         return global_step
 
-    def _epoch_summary(self, epoch: int, epochs: int) -> str:
-        """One line on `epoch` from its logs: reward mean and std (by label where logged), the mean loss terms."""
-        records = [r for r in self.log_history if r.get("epoch") == epoch]
-        names = list(dict.fromkeys(k[len("train/"):] for r in records for k in r if k.startswith("train/")))
-        line = epoch_summary(records, epoch, epochs, names)
-        logger.info("%s", line)
-        return line
-
-    def _interrupt_message(self, epoch: int) -> str:
-        """What an interrupted run leaves behind and how to continue it, in one line."""
-        found = list_checkpoints(self.checkpoint_dir)
-        if not found:
-            return (f"training interrupted during epoch {epoch}: no checkpoint saved (save_freq="
-                    f"{self.config.save_freq}), nothing to resume from")
-        last_epoch, path = found[-1]
-        return (f"training interrupted during epoch {epoch}: saved the checkpoint after epoch {last_epoch}; continue "
-                f"with --resume_from {path} (config resume_from in Python)")
-
-    def _flush_trackers(self):
-        """Write out what the trackers buffer but keep them open: `train()` may be called again (a guidance curriculum
-        does), and a finished W&B run refuses to log."""
-        for tracker in self.accelerator.trackers:
-            flush = getattr(getattr(tracker, "writer", None), "flush", None)  # TensorBoard's SummaryWriter
-            if callable(flush):
-                flush()
-
-    def end_training(self):
-        """Close the trackers (finish the W&B run, close the TensorBoard writer) after the last `train()`.
-
-        Optional: W&B finishes its run when the process exits, and `train()` already flushes TensorBoard. The process
-        group stays up (unlike accelerate's `end_training`), so `save_pretrained` / `push_to_hub` may still follow.
-        Calling it twice is harmless.
-        """
-        for tracker in self.accelerator.trackers:
-            tracker.finish()
-        self.accelerator.trackers = []
-
     # ================================================================== checkpoints
     def save_checkpoint(self, epoch: int, global_step: int) -> str:
         """Save the training state after `epoch` atomically (see `checkpointing.save_checkpoint`); keeps the
@@ -698,9 +631,6 @@ class DDPOTrainer:
         if self.config.push_to_hub and self.config.hub_strategy in ("every_save", "checkpoint"):
             self._push_checkpoint(path, epoch)
 
-    def _prune_checkpoints(self):
-        prune_checkpoints(self.checkpoint_dir, self.config.num_checkpoint_limit)
-
     def _resume(self, resume_from: str):
         path = resolve_checkpoint(resume_from, token=self.config.hub_token)
         logger.info("resuming from %s", path)
@@ -709,149 +639,6 @@ class DDPOTrainer:
         self.first_epoch = int(state["epoch"]) + 1
         self.global_step = int(state["global_step"])
         self.resumed_from = path
-
-    # ================================================================== saving / Hub
-    def _citations(self) -> list[str]:
-        """Hook: BibTeX entries of this trainer's method, for its model cards and sample datasets."""
-        from .hub import DDPO_CITATION
-
-        return [DDPO_CITATION]
-
-    def _recipe(self) -> dict:
-        """The training settings a model card reports (`None` values are left out of the card)."""
-        c, pipe = self.config, self.sd_pipeline
-        return {
-            "sample_num_steps": c.sample_num_steps,
-            "sample_eta": c.sample_eta,
-            "sample_guidance_scale": c.sample_guidance_scale,
-            "train_learning_rate": c.train_learning_rate,
-            "train_batch_size": c.train_batch_size,
-            "sample_batch_size": c.sample_batch_size,
-            "train_clip_range": c.train_clip_range,
-            "train_adv_clip_max": c.train_adv_clip_max,
-            "train_timestep_window": c.train_timestep_window,
-            "train_timestep_fraction": c.train_timestep_fraction,
-            "num_epochs": c.num_epochs,
-            "epochs_trained": self.first_epoch,
-            "mixed_precision": c.mixed_precision,
-            "lora": pipe.use_lora,
-            "lora_rank": pipe.lora_rank if pipe.use_lora else None,
-            "trainable_modules": ", ".join(pipe.trainable_modules or []) or None,
-        }
-
-    def _model_card_info(self) -> dict:
-        """Hook: what the model card reports: DDPO (arXiv 2305.13301), its citation and `_tag_names`, the recipe, the
-        reward and where the prompts came from."""
-        prompt_sources = []
-        if self.prompt_fn is not None:
-            name = getattr(self.prompt_fn, "__name__", None) or type(self.prompt_fn).__name__
-            prompt_sources.append(f"drawn by the prompt function `{name}`")
-        return {
-            "base_model": self.sd_pipeline.pretrained_model_name,
-            "trainer": type(self).__name__,
-            "method": (
-                "fine-tuned with DDPO ([Black et al., 2023](https://arxiv.org/abs/2305.13301)): reinforcement "
-                "learning on the denoising steps, a clipped policy-gradient objective that makes sampled trajectories "
-                "with a high reward more likely"
-            ),
-            "citations": self._citations(),
-            "prompt_sources": prompt_sources,
-            "recipe": self._recipe(),
-            "reward": describe_reward(self.reward_fn),
-            "tags": list(self._tag_names),
-        }
-
-    def save_pretrained(self, save_directory: str | None = None, fuse_lora: bool = False):
-        """Save the trained model in diffusers format with a model card (main process only).
-
-        Args:
-            save_directory (`str`, *optional*): defaults to `config.output_dir`, else `<project_dir>/final_model`.
-            fuse_lora (`bool`, *optional*, defaults to `False`): with LoRA, save the fused full pipeline instead of the
-                LoRA weights.
-        """
-        save_directory = save_directory or self.config.output_dir or os.path.join(self.project_dir, "final_model")
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self._write_model_folder(save_directory, fuse_lora=fuse_lora, **self._card_overrides)
-        self.accelerator.wait_for_everyone()
-
-    save_model = save_pretrained
-
-    def _write_model_folder(self, folder: str, fuse_lora: bool = False, **card_kwargs):
-        from .hub import write_training_model_card
-
-        self.sd_pipeline.save_pretrained(folder, fuse_lora=fuse_lora)
-        write_training_model_card(folder, self._model_card_info(), lora=self.sd_pipeline.use_lora and not fuse_lora,
-                                  **card_kwargs)
-
-    def push_to_hub(self, repo_id: str | None = None, private: bool | None = None, token: str | None = None,
-                    commit_message: str | None = None, revision: str | None = None, fuse_lora: bool = False,
-                    dataset_name: str | None = None, **card_kwargs):
-        """Save the model locally (under the project folder) and upload it to `repo_id` (main process only).
-
-        `dataset_name` (TRL's keyword) and other `card_kwargs` go into the model card. Raises `HubPushError` naming the
-        repo and the cause if the upload fails; the local folder stays complete.
-        """
-        repo_id = repo_id or self.config.hub_model_id or self.config.exp_name
-        local = os.path.join(self.project_dir, "hub_model")
-        if dataset_name:
-            card_kwargs.setdefault("datasets", [dataset_name])
-        self._card_overrides = {**self._card_overrides, **card_kwargs, "repo_id": repo_id}
-        self.save_pretrained(local, fuse_lora=fuse_lora)
-        url = None
-        if self.accelerator.is_main_process:
-            from .hub import push_folder_to_hub
-
-            url = push_folder_to_hub(
-                local,
-                repo_id,
-                private=self.config.hub_private_repo if private is None else private,
-                token=token or self.config.hub_token,
-                commit_message=commit_message or f"{type(self).__name__}: epoch {self.first_epoch}",
-                revision=revision,
-            )
-        self.accelerator.wait_for_everyone()
-        return url
-
-    def _push_samples(self, epoch: int, prompt_image_data, plan):
-        """Publish this epoch's samples of the main process as a Hub dataset; a failure warns, training goes on."""
-        if not self.accelerator.is_main_process:
-            return
-        from .hub import HubPushError, epoch_samples_dataset, push_samples_dataset
-
-        dataset = epoch_samples_dataset(prompt_image_data, plan.prompts, plan.metadata,
-                                        getattr(self.config, "label_column", None), epoch=epoch, seed=self.config.seed)
-        repo_id = self.config.samples_dataset_id or f"{self.config.hub_model_id or self.config.exp_name}-samples"
-        try:
-            push_samples_dataset(dataset, repo_id, local_dir=os.path.join(self.project_dir, "samples_dataset"),
-                                 token=self.config.hub_token, private=self.config.hub_private_repo,
-                                 model_repo_id=self.config.hub_model_id, method=self._method_name,
-                                 method_tags=[t for t in self._tag_names if t not in ("trl", "trl-safediffusion")],
-                                 citations=self._citations())
-        except HubPushError as err:
-            logger.warning("%s (samples of epoch %d are kept locally)", err, epoch)
-
-    def _push_final(self):
-        self.push_to_hub(self.config.hub_model_id)
-
-    def _push_checkpoint(self, path: str, epoch: int):
-        if not self.accelerator.is_main_process:
-            return
-        from .hub import CheckpointPusher
-
-        if self._hub_pusher is None:
-            self._hub_pusher = CheckpointPusher(
-                repo_id=self.config.hub_model_id or self.config.exp_name,
-                strategy=self.config.hub_strategy,
-                token=self.config.hub_token,
-                private=self.config.hub_private_repo,
-                is_main_process=True,
-                checkpoint_limit=self.config.num_checkpoint_limit,
-            )
-        model_dir = os.path.join(self.project_dir, "hub_model")
-        self._write_model_folder(model_dir, **{**self._card_overrides, "repo_id": self._hub_pusher.repo_id})
-        self._hub_pusher.on_save(model_dir, checkpoint_dir=path if self.config.hub_strategy == "checkpoint" else None,
-                                 epoch=epoch)
 
 
 def cpu_only_multiprocess() -> bool:
@@ -862,11 +649,3 @@ def cpu_only_multiprocess() -> bool:
 
 
 _cpu_only_multiprocess = cpu_only_multiprocess  # the name the CLI imported before it was public
-
-
-def describe_reward(reward_fn) -> dict:
-    """A JSON-able description of a reward callable for cards and logs (its `describe()` if it has one)."""
-    describe = getattr(reward_fn, "describe", None)
-    if callable(describe):
-        return describe()
-    return {"name": getattr(reward_fn, "name", None) or getattr(reward_fn, "__name__", type(reward_fn).__name__)}

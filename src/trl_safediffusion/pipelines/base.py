@@ -19,12 +19,15 @@ What a family provides:
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from ..schedulers.ddim_with_logprob import DDPOSchedulerOutput
 from .conditioning import Conditioning, as_conditioning, num_samples, repeat_rows
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -189,6 +192,23 @@ class DDPOStableDiffusionPipeline:
         """(T,) standard deviation of each step of a `num_inference_steps` rollout; a step with std 0 is never
         trained on."""
         raise _required(self, "step_std")
+
+    def steps_with_log_prob(self, num_inference_steps: int, eta: float) -> int:
+        """How many steps of a `num_inference_steps` rollout, from the first, are stochastic. Only the last may have
+        zero variance (a DDIM scheduler with `set_alpha_to_one=True`, or a last timestep of 0): it is sampled, never
+        trained on (its log-probability does not exist). Anything else is a `ValueError`."""
+        std = self.step_std(num_inference_steps, eta)  # (T,)
+        zero = [int(i) for i in torch.nonzero(std == 0).reshape(-1)]
+        if not zero:
+            return num_inference_steps
+        if zero != [num_inference_steps - 1] or num_inference_steps == 1:
+            raise ValueError(
+                f"steps {zero} of the {num_inference_steps}-step schedule have zero variance and no log-probability; "
+                "raise sample_num_steps, or set the scheduler's set_alpha_to_one=False and steps_offset=1"
+            )
+        logger.info("the last of the %d sampling steps has zero variance (scheduler set_alpha_to_one=True or a last "
+                    "timestep of 0): it is sampled but never trained on", num_inference_steps)
+        return num_inference_steps - 1
 
     def step_distribution(
         self,
