@@ -13,6 +13,7 @@ keeps working for all of them.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 from .anchors import ANCHOR_PRESETS, AnchorSet, compute_v_safe, get_anchor_preset, load_anchors
 from .backends import OpenCLIPBackend, TransformersCLIPBackend
 from .preprocess import PreprocessSpec, preprocess_images
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ANCHOR_PRESETS",
@@ -135,18 +138,39 @@ class CLIPSteeringReward:
         cache_dir: str | None = None,
         **reward_kwargs,
     ) -> CLIPSteeringReward:
-        """Build with an open_clip backend loaded by `OpenCLIPBackend.from_pretrained` (a tag, checkpoint file, `hf-hub:`
-        id or local directory). HPSv2.1 (the paper's encoder) is a ViT-H-14 checkpoint file:
-        `from_open_clip("ViT-H-14", pretrained="HPS_v2.1_compressed.pt")`.
+        """Build from open_clip: an architecture name plus a pretrained tag or a local checkpoint, an `hf-hub:` id,
+        or a local directory holding `open_clip_config.json` and weights (open_clip's Hub layout).
 
         Args:
-            model_name, pretrained, model_config, device, precision, cache_dir: see `OpenCLIPBackend.from_pretrained`.
+            model_name (`str`): e.g. "ViT-H-14", "hf-hub:org/repo", a directory, or a name registered by `model_config`.
+            pretrained (`str`, *optional*): a tag (e.g. "laion2b_s32b_b79k"), a checkpoint file (.pt/.bin/.safetensors)
+                or a directory with `open_clip_config.json` + weights. HPSv2.1 (the paper's encoder) is a ViT-H-14
+                checkpoint file: `from_open_clip("ViT-H-14", pretrained="HPS_v2.1_compressed.pt")`.
+            model_config (`str` or path, *optional*): a JSON model config to register with `open_clip.add_model_config`
+                first (its file stem becomes the architecture name).
+            device, precision, cache_dir: passed to `open_clip.create_model_and_transforms`.
             **reward_kwargs: `CLIPSteeringReward` arguments (anchors, alpha, mode, ...).
         """
-        backend = OpenCLIPBackend.from_pretrained(
-            model_name, pretrained=pretrained, model_config=model_config, device=device, precision=precision,
-            cache_dir=cache_dir,
+        import open_clip
+
+        if model_config is not None:
+            if not os.path.isfile(model_config) or not os.fspath(model_config).endswith(".json"):
+                raise ValueError(f"model_config must be an existing .json open_clip model config, got {model_config}")
+            open_clip.add_model_config(model_config)
+        if pretrained is not None and os.path.isdir(pretrained):
+            model_name, pretrained = f"local-dir:{pretrained}", None
+        elif os.path.isdir(model_name):
+            model_name = f"local-dir:{model_name}"
+        if pretrained is not None and not os.path.isfile(pretrained) and (os.sep in pretrained or "." in pretrained):
+            raise ValueError(f"pretrained: checkpoint file {pretrained} does not exist; give a file, directory or tag")
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, precision=precision, cache_dir=cache_dir
         )
+        tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
+        logger.info("Loaded open_clip %s (pretrained=%s) for the steering reward", model_name, pretrained)
+        backend = OpenCLIPBackend(model, tokenizer, preprocess)
+        backend.source = {"backend": "open_clip", "model": model_name,
+                          "pretrained": os.path.basename(pretrained) if pretrained else None}
         return cls(backend, **reward_kwargs)
 
     @classmethod
@@ -154,14 +178,21 @@ class CLIPSteeringReward:
         cls, name_or_path: str, device: str | torch.device = "cpu", torch_dtype: torch.dtype = torch.float32,
         **reward_kwargs,
     ) -> CLIPSteeringReward:
-        """Build with a transformers backend loaded by `TransformersCLIPBackend.from_pretrained` (a `CLIPModel` Hub id or
-        local folder, e.g. "openai/clip-vit-large-patch14").
+        """Build from a transformers `CLIPModel` Hub id or local folder (e.g. "openai/clip-vit-large-patch14").
 
         Args:
-            name_or_path, device, torch_dtype: see `TransformersCLIPBackend.from_pretrained`.
+            name_or_path (`str`): Hub id or folder holding the model, tokenizer and image processor.
+            device (`str` or `torch.device`, *optional*, defaults to `"cpu"`), torch_dtype (`torch.dtype`, *optional*).
             **reward_kwargs: `CLIPSteeringReward` arguments (anchors, alpha, mode, ...).
         """
-        backend = TransformersCLIPBackend.from_pretrained(name_or_path, device=device, torch_dtype=torch_dtype)
+        from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+        model = CLIPModel.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
+        processor = CLIPImageProcessor.from_pretrained(name_or_path)
+        logger.info("Loaded transformers CLIPModel %s for the steering reward", name_or_path)
+        backend = TransformersCLIPBackend(model, tokenizer, processor)
+        backend.source = {"backend": "transformers", "model": name_or_path}
         return cls(backend, **reward_kwargs)
 
     def describe(self) -> dict:
