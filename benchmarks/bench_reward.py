@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from trl_safediffusion.rewards import CLIPSteeringReward, OpenCLIPBackend
-from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
+from trl_safediffusion.testing_utils import tiny_open_clip
 
 BENCH_CONFIG = dict(
     embed_dim=256,

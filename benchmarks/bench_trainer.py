@@ -1,7 +1,7 @@
 """Seconds per epoch, samples per second and peak memory: trl-safediffusion versus TRL v0.23.1's DDPOTrainer.
 
 Both sides train the same tiny Stable Diffusion pipeline (written once to disk with
-`trl_safediffusion.tiny.tiny_sd_pipeline(seed=0).save_pretrained(...)`) with identical settings: DDIM 10 steps, eta 1,
+`trl_safediffusion.testing_utils.tiny_sd_pipeline(seed=0).save_pretrained(...)`) with identical settings: DDIM 10 steps, eta 1,
 CFG 5 in sampling and training, 2 sampling batches of 8, training minibatches of 4, LoRA rank 4 on the attention
 projections, fp32, a brightness reward and the same prompts. Each run is a fresh subprocess (our venv, or the peer venv
 with trl==0.23.1, transformers==4.57.6, diffusers==0.39.0 and the same torch); runs alternate between the
@@ -208,7 +208,7 @@ def run_worker(args) -> dict:
 # ====================================================================== setup (our venv)
 def write_clip_vocab_files(tokenizer_dir: str):
     """transformers 4.x's CLIPTokenizer reads vocab.json and merges.txt, which transformers 5 no longer writes."""
-    from trl_safediffusion.tiny import clip_bpe_vocab_and_merges
+    from trl_safediffusion.tokenization import clip_bpe_vocab_and_merges
 
     vocab, merges = clip_bpe_vocab_and_merges()
     with open(os.path.join(tokenizer_dir, "vocab.json"), "w", encoding="utf-8") as f:
@@ -227,7 +227,7 @@ def sd15_pipeline(resolution: int = 512):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from trl_safediffusion.tiny import clip_tokenizer
+    from trl_safediffusion.tokenization import clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=resolution // 8, cross_attention_dim=768, attention_head_dim=8)
@@ -266,7 +266,7 @@ def prefix_text_encoder_keys(text_encoder_dir: str):
 
 
 def write_pipeline(folder: str, sd15: bool, resolution: int):
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     pipe = sd15_pipeline(resolution) if sd15 else tiny_sd_pipeline(seed=0)
     pipe.save_pretrained(folder, safe_serialization=True)

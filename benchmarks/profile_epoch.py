@@ -80,7 +80,7 @@ def build_trainer(args):
     from datasets import Dataset
 
     from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     PartialState()
     torch.manual_seed(0)

@@ -26,6 +26,6 @@ def brightness_reward(images, prompts, metadata):
 
 @pytest.fixture
 def tiny_pipeline():
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     return tiny_sd_pipeline(seed=0)

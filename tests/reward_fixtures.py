@@ -11,7 +11,7 @@ import torch
 @functools.cache
 def open_clip_parts():
     """(model, tokenizer, eval transform) of the tiny open_clip model (32 px, embed_dim 32), seed 0."""
-    from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
+    from trl_safediffusion.testing_utils import tiny_open_clip
 
     return tiny_open_clip(seed=0)
 
@@ -19,7 +19,7 @@ def open_clip_parts():
 @functools.cache
 def transformers_parts():
     """(CLIPModel, CLIPTokenizer, CLIPImageProcessor) of the tiny transformers CLIP (32 px), seed 0."""
-    from trl_safediffusion.rewards.tiny_clip import tiny_transformers_clip
+    from trl_safediffusion.testing_utils import tiny_transformers_clip
 
     return tiny_transformers_clip(seed=0)
 

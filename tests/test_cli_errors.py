@@ -178,7 +178,7 @@ def test_help_texts_never_refer_to_issue_numbers(capsys):
 
 
 def test_clip_model_not_available_offline(tmp_path, prompts):
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     model = tmp_path / "tiny-sd"
     tiny_sd_pipeline(seed=0).save_pretrained(str(model))
@@ -203,7 +203,7 @@ def test_evaluate_model_not_available_offline(tmp_path, prompts):
 
 def test_too_few_prompts_for_an_epoch_is_one_line_before_training(tmp_path, prompts, capsys):
     """Two prompts cannot fill an epoch of four groups: said when the trainer is built, not inside `train()`."""
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     model = tmp_path / "tiny-sd"
     tiny_sd_pipeline(seed=0).save_pretrained(str(model))

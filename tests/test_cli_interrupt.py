@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.slow
 def test_ctrl_c_names_the_checkpoint_and_the_resume_command(tmp_path):
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     model = tmp_path / "tiny-sd"
     tiny_sd_pipeline(seed=0).save_pretrained(str(model))

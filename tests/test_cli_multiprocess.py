@@ -38,7 +38,7 @@ def run_two_ranks(tmp_path, launch: list[str]):
     """`torchrun` two CPU ranks of `launch` (a module or script and its leading arguments) on a tiny local model: one
     group of 2 images per process, so the job's two groups are the two prompts, one per rank; a rank that runs alone
     (world size 1) samples one of them only. Returns the combined output."""
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     model = tmp_path / "tiny-sd"
     tiny_sd_pipeline(seed=0).save_pretrained(str(model))

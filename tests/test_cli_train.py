@@ -9,7 +9,7 @@ from conftest_hub import fake_hub, hub_token  # noqa: F401
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     folder = tmp_path_factory.mktemp("tiny-sd")
     tiny_sd_pipeline(seed=0).save_pretrained(str(folder))
@@ -18,7 +18,7 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_cli_train_end_to_end_with_steering_reward(tmp_path, tiny_model_dir):
     from trl_safediffusion.cli import main
-    from trl_safediffusion.rewards.tiny_clip import tiny_open_clip_config
+    from trl_safediffusion.testing_utils import tiny_open_clip_config
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")

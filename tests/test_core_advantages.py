@@ -95,7 +95,7 @@ def test_grpo_default_plan_samples_four_prompts_of_sixteen(tmp_path):
 
     from conftest import brightness_reward
     from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOTrainer
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     config = SafeDDPOGRPOConfig(logdir=str(tmp_path), mixed_precision="no")
     pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=True)
@@ -150,7 +150,7 @@ def test_to_dict_never_holds_tokens():
 def test_offline_clip_tokenizer_matches_open_clip():
     import open_clip
 
-    from trl_safediffusion.tiny import clip_tokenizer
+    from trl_safediffusion.tokenization import clip_tokenizer
 
     tok = clip_tokenizer()
     ref = open_clip.get_tokenizer("ViT-B-32")

@@ -14,7 +14,7 @@ from trl_safediffusion import (
     load_prompt_dataset,
     mix_prompts,
 )
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 
 def test_load_prompt_dataset_from_files_and_lists(tmp_path):

@@ -10,7 +10,7 @@ from diffusers import DDIMScheduler
 from conftest import brightness_reward
 from trl_safediffusion import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 from trl_safediffusion.schedulers import ddim_step_std, ddim_step_with_logprob
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 OPTIONS = [
     dict(prediction_type=p, clip_sample=c, set_alpha_to_one=a, timestep_spacing=sp, steps_offset=o)

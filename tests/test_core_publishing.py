@@ -11,7 +11,7 @@ from trl_safediffusion import (
     SafeDDPOGRPOConfig,
     SafeDDPOGRPOTrainer,
 )
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 
 def brightness(images, prompts, metadata):

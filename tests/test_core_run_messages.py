@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from conftest import brightness_reward
 from trl_safediffusion import DDPOConfig, DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 PROMPTS = Dataset.from_dict({"prompt": ["a red cube", "a blue ball"], "unsafe": [True, False]})
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import brightness_reward
 from trl_safediffusion import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 FROZEN_FILES = ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors")
 UNET_FILE = "unet/diffusion_pytorch_model.safetensors"

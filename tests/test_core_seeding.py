@@ -5,7 +5,7 @@ from datasets import Dataset
 
 from conftest import brightness_reward
 from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 PROMPTS = Dataset.from_dict({"prompt": [f"object number {i}" for i in range(4)], "unsafe": [True, False] * 2})
 

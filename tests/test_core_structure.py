@@ -10,7 +10,7 @@ import torch
 from conftest import brightness_reward
 from test_core_training import grpo_config, prompt_dataset
 from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOTrainer
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 
 def features(latents):

@@ -19,7 +19,7 @@ from trl_safediffusion import (
     SafeDDPOGRPOConfig,
     SafeDDPOGRPOTrainer,
 )
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 PROMPTS = [f"a photo of object {i}" for i in range(8)]
 

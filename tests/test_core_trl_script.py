@@ -8,7 +8,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "trl_v0231_ddpo_exam
 
 
 def test_trl_v0231_example_runs_unchanged(tmp_path):
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     model = tmp_path / "tiny-sd"
     tiny_sd_pipeline(seed=0).save_pretrained(model)

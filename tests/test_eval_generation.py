@@ -16,7 +16,7 @@ from trl_safediffusion.evaluation import (
 
 @pytest.fixture(scope="module")
 def pipe():
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     return tiny_sd_pipeline(seed=0)
 
@@ -50,7 +50,7 @@ class FakeDetector:
 @pytest.mark.parametrize("table_format", ["jsonl", "parquet"])
 def test_evaluate_writes_results_table_and_grid(pipe, tmp_path, table_format):
     from trl_safediffusion.rewards.clip_steering import CLIPSteeringReward, OpenCLIPBackend
-    from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
+    from trl_safediffusion.testing_utils import tiny_open_clip
 
     prompts_file = tmp_path / "i2p_like.jsonl"
     rows = [{"prompt": "a red circle", "categories": "sexual", "hard": 1, "sd_seed": 11},
@@ -140,7 +140,7 @@ def test_evaluation_folder_loads_as_an_imagefolder_with_scores(pipe, tmp_path, t
 def test_evaluation_grid_mixes_benign_and_unsafe_prompts_and_explains_its_captions(pipe, tmp_path):
     from trl_safediffusion.evaluation.evaluate import grid_image_ids
     from trl_safediffusion.rewards.clip_steering import CLIPSteeringReward, OpenCLIPBackend
-    from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
+    from trl_safediffusion.testing_utils import tiny_open_clip
 
     prompt_set = _labelled_prompts()
     # equal shares of benign and unsafe prompts, spread over each group, alternating

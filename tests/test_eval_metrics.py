@@ -88,7 +88,7 @@ def test_nudenet_missing_gives_install_hint():
 @pytest.fixture(scope="module")
 def tiny_backend():
     from trl_safediffusion.rewards.clip_steering import OpenCLIPBackend
-    from trl_safediffusion.rewards.tiny_clip import tiny_open_clip
+    from trl_safediffusion.testing_utils import tiny_open_clip
 
     model, tokenizer, preprocess = tiny_open_clip(seed=0, name="tiny-clip-q16")
     return OpenCLIPBackend(model, tokenizer, preprocess)

@@ -15,7 +15,7 @@ from trl_safediffusion import (
     SafeDDPOGRPOTrainer,
 )
 from trl_safediffusion.ddpo_trainer import list_checkpoints, resolve_checkpoint
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 PROMPTS = Dataset.from_dict({"prompt": [f"object number {i}" for i in range(6)], "unsafe": [True, False] * 3})
 

@@ -21,7 +21,7 @@ from trl_safediffusion import (
 )
 from trl_safediffusion.data import load_prompt_dataset, mix_prompts
 from trl_safediffusion.hub import push_prompt_dataset, training_data_sources
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 GRPO_STORY = ("grpo", "GRPO", "safediffusion-r1", "SafeDiffusion-R1", "2605.18719", "steering", "DeepSeekMath")
 

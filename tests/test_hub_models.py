@@ -19,7 +19,7 @@ from trl_safediffusion.hub import (
     save_pipeline_for_hub,
     write_training_model_card,
 )
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 REPO = "tester/tiny-safe-sd"
 

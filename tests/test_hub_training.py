@@ -13,7 +13,7 @@ from datasets import Dataset
 from conftest_hub import FAKE_TOKEN, fake_hub, hub_token  # noqa: F401
 from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
 from trl_safediffusion.hub import HubPushError
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 REPO = "tester/grpo-run"
 

@@ -16,7 +16,7 @@ from trl_safediffusion.rewards import (
     TransformersCLIPBackend,
     get_anchor_preset,
 )
-from trl_safediffusion.rewards.tiny_clip import tiny_open_clip_config
+from trl_safediffusion.testing_utils import tiny_open_clip_config
 
 PROMPTS = [
     "a red shape",

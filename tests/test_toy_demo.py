@@ -61,7 +61,7 @@ def test_demo_anchors_default_to_the_toy_anchors():
 
 def test_trainable_modules_freeze_the_rest_and_name_bad_input():
     from trl_safediffusion.pipelines import DefaultDDPOStableDiffusionPipeline
-    from trl_safediffusion.tiny import tiny_sd_pipeline
+    from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
     policy = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(), use_lora=False,
                                                 trainable_modules="attn2.to_k, attn2.to_v")

@@ -31,7 +31,7 @@ def test_loads_offline_as_stable_diffusion(pipe, monkeypatch):
     assert pipe.unet.dtype == torch.float32 and pipe.safety_checker is None
     assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 8
     assert 2e6 < sum(p.numel() for p in pipe.unet.parameters()) < 3.5e6
-    from trl_safediffusion.tiny import clip_tokenizer
+    from trl_safediffusion.tokenization import clip_tokenizer
 
     ids = pipe.tokenizer(["two crimson triangles"]).input_ids[0]
     assert ids[0] == 49406 and ids[-1] == 49407  # bos ... eos

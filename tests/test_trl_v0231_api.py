@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trl_safediffusion import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
-from trl_safediffusion.tiny import tiny_sd_pipeline
+from trl_safediffusion.testing_utils import tiny_sd_pipeline
 
 
 def _scorer(images, prompts, metadata):

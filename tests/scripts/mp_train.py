@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 from datasets import Dataset  # noqa: E402
 
 from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer  # noqa: E402
-from trl_safediffusion.tiny import tiny_sd_pipeline  # noqa: E402
+from trl_safediffusion.testing_utils import tiny_sd_pipeline  # noqa: E402
 
 
 def reward(images, prompts, metadata):

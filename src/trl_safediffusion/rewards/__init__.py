@@ -1,17 +1,14 @@
-"""Rewards: the SafeDiffusion-R1 CLIP steering reward, anchor presets, reward composition and the alpha sweep."""
+"""Rewards: the SafeDiffusion-R1 CLIP steering reward, anchor presets, reward composition and the alpha sweep.
 
-from .clip_steering import (
-    ANCHOR_PRESETS,
-    AnchorSet,
-    CLIPSteeringReward,
-    OpenCLIPBackend,
-    PreprocessSpec,
-    TransformersCLIPBackend,
-    get_anchor_preset,
-    load_anchors,
-    preprocess_images,
-)
+One stage per module: `anchors` (phrases and `v_safe`), `preprocess` (torch image preprocessing), `backends` (open_clip
+and transformers CLIP), `clip_steering` (the reward), `combine` (weighted sums) and `sweep` (reward versus alpha).
+"""
+
+from .anchors import ANCHOR_PRESETS, AnchorSet, compute_v_safe, get_anchor_preset, load_anchors
+from .backends import OpenCLIPBackend, TransformersCLIPBackend
+from .clip_steering import CLIPSteeringReward
 from .combine import CombinedReward
+from .preprocess import PreprocessSpec, preprocess_images
 from .sweep import SweepResult, SweepRow, steering_sweep
 
 __all__ = [
@@ -24,6 +21,7 @@ __all__ = [
     "SweepResult",
     "SweepRow",
     "TransformersCLIPBackend",
+    "compute_v_safe",
     "get_anchor_preset",
     "load_anchors",
     "preprocess_images",

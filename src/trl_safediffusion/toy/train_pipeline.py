@@ -42,7 +42,7 @@ def build_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..tiny import clip_tokenizer
+    from ..tokenization import clip_tokenizer
 
     torch.manual_seed(seed)
     vae = AutoencoderKL(
@@ -190,7 +190,7 @@ def save_pipeline(components: dict, out: str, half: bool) -> None:
 
 def write_slow_tokenizer_files(folder: str) -> None:
     """Write `vocab.json` and `merges.txt` next to `tokenizer.json`, for transformers versions that read only those."""
-    from ..tiny import clip_bpe_vocab_and_merges
+    from ..tokenization import clip_bpe_vocab_and_merges
 
     vocab, merges = clip_bpe_vocab_and_merges()
     os.makedirs(folder, exist_ok=True)

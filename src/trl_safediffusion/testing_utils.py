@@ -1,0 +1,203 @@
+"""Tiny models built from configs after `torch.manual_seed`, for the tests and the benchmarks (nothing is downloaded).
+
+Test fixtures, not library API: the library never imports this module. It holds a tiny Stable Diffusion pipeline
+(UNet, VAE, CLIP text encoder, DDIM scheduler) and tiny open_clip and transformers CLIP models for the steering reward.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+
+from .tokenization import clip_tokenizer
+
+_CONFIG_DIR: str | None = None  # per-process folder of registered open_clip configs
+
+
+def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 8, cross_attention_dim: int = 32):
+    """Tiny UNet (~1M parameters), VAE and CLIP text encoder built from configs after `torch.manual_seed(seed)`.
+
+    The VAE downsamples by 2, so `sample_size=8` latents decode to 16x16 images.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size * 2,
+    )
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=cross_attention_dim,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        projection_dim=cross_attention_dim,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        prediction_type=prediction_type,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": clip_tokenizer(),
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
+
+
+def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", **kwargs):
+    """A real `diffusers.StableDiffusionPipeline` built from `tiny_sd_components`, with the safety checker off."""
+    from diffusers import StableDiffusionPipeline
+
+    comps = tiny_sd_components(seed=seed, prediction_type=prediction_type, **kwargs)
+    return StableDiffusionPipeline(**comps, requires_safety_checker=False)
+
+
+def tiny_open_clip_config(
+    embed_dim: int = 32,
+    image_size: int = 32,
+    patch_size: int = 8,
+    vision_width: int = 64,
+    vision_layers: int = 2,
+    text_width: int = 64,
+    text_layers: int = 2,
+    heads: int = 4,
+    context_length: int = 32,
+) -> dict:
+    """An open_clip model config (the JSON format of `open_clip/model_configs/*.json`) for a small ViT CLIP."""
+    return {
+        "embed_dim": embed_dim,
+        "vision_cfg": {
+            "image_size": image_size,
+            "layers": vision_layers,
+            "width": vision_width,
+            "head_width": vision_width // heads,
+            "patch_size": patch_size,
+        },
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": 49408,
+            "width": text_width,
+            "heads": heads,
+            "layers": text_layers,
+        },
+    }
+
+
+def register_open_clip_config(name: str, config: dict) -> str:
+    """Write `config` as `<name>.json` in a per-process temporary folder and register it with open_clip.
+
+    Returns:
+        `str`: the path of the JSON file (usable as `model_config` in `CLIPSteeringReward.from_open_clip`).
+    """
+    import open_clip
+
+    global _CONFIG_DIR
+    if _CONFIG_DIR is None:
+        _CONFIG_DIR = tempfile.mkdtemp(prefix="trl-sd-clip-configs-")
+    path = os.path.join(_CONFIG_DIR, f"{name}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    open_clip.add_model_config(path)
+    return path
+
+
+def tiny_open_clip(seed: int = 0, name: str = "tiny-clip-test", **config_kwargs):
+    """A randomly initialised open_clip model from a registered tiny config, with its tokenizer and eval transform.
+
+    Args:
+        seed (`int`, *optional*, defaults to `0`): `torch.manual_seed` before building.
+        name (`str`, *optional*, defaults to `"tiny-clip-test"`): architecture name to register.
+        **config_kwargs: `tiny_open_clip_config` arguments (embed_dim, image_size, patch_size, widths, layers, ...).
+
+    Returns:
+        `tuple`: (model, tokenizer, preprocess) where preprocess is open_clip's eval torchvision `Compose`.
+    """
+    import open_clip
+
+    register_open_clip_config(name, tiny_open_clip_config(**config_kwargs))
+    torch.manual_seed(seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(name)
+    return model.eval(), tokenizer, preprocess
+
+
+def tiny_transformers_clip(seed: int = 0, embed_dim: int = 32, image_size: int = 32, resize_edge: int | None = None):
+    """A randomly initialised transformers `CLIPModel`, the offline CLIP tokenizer and a `CLIPImageProcessor`.
+
+    Args:
+        seed (`int`, *optional*, defaults to `0`): `torch.manual_seed` before building.
+        embed_dim (`int`, *optional*, defaults to `32`): projection dimension.
+        image_size (`int`, *optional*, defaults to `32`): vision input size (also the crop size).
+        resize_edge (`int`, *optional*): shortest-edge resize target of the processor; defaults to `image_size`.
+
+    Returns:
+        `tuple`: (model, tokenizer, image_processor).
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    text_config = {
+        "vocab_size": 49408,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 49407,
+    }
+    vision_config = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": image_size,
+        "patch_size": 8,
+    }
+    torch.manual_seed(seed)
+    model = CLIPModel(CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=embed_dim))
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": resize_edge or image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return model.eval(), clip_tokenizer(), processor
