@@ -17,7 +17,7 @@ into cards or configs, and never part of an error message.
 
 from __future__ import annotations
 
-from ._reward_card import _is_steering_reward  # noqa: F401  (SafeDDPOGRPOTrainer reads it from here)
+from ._card_sections import _is_steering_reward  # noqa: F401  (SafeDDPOGRPOTrainer reads it from here)
 from .cards import (
     DDPO_CITATION,
     FRAMEWORK_DISTRIBUTIONS,

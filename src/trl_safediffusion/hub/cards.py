@@ -9,15 +9,21 @@ What trained a model (`method`, `trainer`, `tags`, `citations`) and its recipe c
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._markdown import _bibtex_block, _fmt, _slug, _table
-from ._reward_card import _STEERING_LIMITATIONS, _is_steering_reward, _reward_section
+from ._card_sections import (
+    _STEERING_LIMITATIONS,
+    KNOWN_EVAL_DATASETS,
+    _eval_results_entries,
+    _evaluation_section,
+    _is_steering_reward,
+    _reward_section,
+)
+from ._markdown import _bibtex_block, _table
 from .errors import _network_error_types, redact, scrub_tokens
 
 logger = logging.getLogger(__name__)
@@ -28,9 +34,6 @@ LIBRARY_TAGS = ("trl", "trl-safediffusion")
 SAFEDIFFUSION_R1_TAGS = ("safediffusion-r1", "grpo", "safety")
 # The LoRA weights file of a saved LoRA folder (what `load_lora_weights` reads), named in LoRA cards.
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-
-# Hub dataset ids of known evaluation suites, used for model-index entries (see docs/hub.md).
-KNOWN_EVAL_DATASETS = {"i2p": "AIML-TUDA/i2p"}
 
 # BibTeX entries a trainer lists in its model cards (`SafeDiffusionCardInfo.citations`).
 SAFEDIFFUSION_R1_CITATION = """@article{safediffusionr1,
@@ -235,29 +238,6 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
-def _eval_results_entries(info: SafeDiffusionCardInfo) -> list:
-    from huggingface_hub import EvalResult
-
-    entries = []
-    for benchmark, metrics in info.eval_results.items():
-        dataset_type = info.eval_datasets.get(benchmark) or KNOWN_EVAL_DATASETS.get(_slug(benchmark)) or _slug(benchmark)
-        for metric, value in metrics.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                continue
-            entries.append(
-                EvalResult(
-                    task_type="text-to-image",
-                    task_name="Text-to-Image",
-                    dataset_type=dataset_type,
-                    dataset_name=benchmark,
-                    metric_type=_slug(metric),
-                    metric_name=metric,
-                    metric_value=value,
-                )
-            )
-    return entries
-
-
 # The body of a model card: a title, the intro, then one `## <title>` section per entry of `MODEL_CARD_SECTIONS`
 # whose builder returns text. What trained the model (`method`, `trainer`, `tags`, `citations`) comes from the caller.
 _CARD_HEAD = "\n# {model_name}\n\n{intro}\n\n"
@@ -276,7 +256,6 @@ _LOAD_LORA = 'pipe.load_lora_weights("{repo}")\n'
 _LOCAL_BASE_COMMENT = "  # the local base folder it was trained from"
 _RECIPE = "{table}\n\nTraining prompts: {prompts}."
 _NO_PROMPT_SOURCE = "an in-memory dataset or prompt function that was not named"
-_NO_EVALUATION = "No evaluation results were recorded for this checkpoint."
 # Limitations of every RL fine-tune, listed after those of its reward (e.g. a steering reward's).
 _RL_LIMITATIONS = (
     "Reinforcement learning optimises what the reward model scores, which can be exploited (reward hacking); judge "
@@ -365,14 +344,8 @@ def _reward_of(facts: _CardFacts) -> str:
     return _reward_section(facts.reward)
 
 
-def _evaluation_section(facts: _CardFacts) -> str:
-    results = facts.info.eval_results
-    if not results:
-        return _NO_EVALUATION
-    metrics = sorted({m for per in results.values() for m in per})
-    lines = ["| Benchmark | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
-    lines += [f"| {_fmt(b)} | " + " | ".join(_fmt(per.get(m, "")) for m in metrics) + " |" for b, per in results.items()]
-    return "\n".join(lines)
+def _evaluation_of(facts: _CardFacts) -> str:
+    return _evaluation_section(facts.info.eval_results)
 
 
 def _limitations_section(facts: _CardFacts) -> str:
@@ -393,7 +366,7 @@ MODEL_CARD_SECTIONS = (
     ("How to load and generate", _load_section),
     ("Training recipe", _recipe_section),
     ("Reward", _reward_of),
-    ("Evaluation", _evaluation_section),
+    ("Evaluation", _evaluation_of),
     ("Limitations", _limitations_section),
     ("Framework versions", _versions_section),
     ("Citations", _citations_section),
@@ -419,7 +392,7 @@ def build_model_card(info: SafeDiffusionCardInfo, folder_name: str | None = None
     from huggingface_hub import ModelCard, ModelCardData
 
     facts = _CardFacts.of(info, folder_name)
-    eval_entries = _eval_results_entries(info)
+    eval_entries = _eval_results_entries(info.eval_results, info.eval_datasets)
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",

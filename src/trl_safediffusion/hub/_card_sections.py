@@ -1,12 +1,17 @@
-"""The "Reward" section of a model card: the reward's description (e.g. `CLIPSteeringReward.describe()`) as a table,
-with the steering formula and the anchor phrases when the reward is (or contains) a CLIP steering reward."""
+"""The model card sections that render what the caller measured: the "Reward" section (the reward's description,
+e.g. `CLIPSteeringReward.describe()`, as a table, with the steering formula and the anchor phrases when the reward is
+or contains a CLIP steering reward) and the "Evaluation" section with its model-index entries."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._markdown import _fmt, _table
+from ._markdown import _fmt, _slug, _table
+
+# Hub dataset ids of known evaluation suites, used for model-index entries (see docs/hub.md).
+KNOWN_EVAL_DATASETS = {"i2p": "AIML-TUDA/i2p"}
 
 _REWARD_LABELS = {
     "name": "Reward",
@@ -81,3 +86,41 @@ def _reward_section(reward: Mapping[str, Any]) -> str:
             anchors.append(f"{title} ({len(phrases)}):\n\n{listed}")
     table = _table(rows, ("Setting", "Value")) if rows else "The reward was not described."
     return "\n\n".join([formula, table, *anchors])
+
+
+_NO_EVALUATION = "No evaluation results were recorded for this checkpoint."
+
+
+def _evaluation_section(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The body of the card's "Evaluation" section: one row per benchmark, one column per metric."""
+    if not results:
+        return _NO_EVALUATION
+    metrics = sorted({m for per in results.values() for m in per})
+    lines = ["| Benchmark | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [f"| {_fmt(b)} | " + " | ".join(_fmt(per.get(m, "")) for m in metrics) + " |" for b, per in results.items()]
+    return "\n".join(lines)
+
+
+def _eval_results_entries(results: Mapping[str, Mapping[str, Any]], datasets: Mapping[str, str]) -> list:
+    """The model-index entries (`huggingface_hub.EvalResult`) of `{benchmark: {metric: value}}`, non-finite values
+    left out; `datasets` gives a benchmark's Hub dataset id (known suites such as I2P are filled in)."""
+    from huggingface_hub import EvalResult
+
+    entries = []
+    for benchmark, metrics in results.items():
+        dataset_type = datasets.get(benchmark) or KNOWN_EVAL_DATASETS.get(_slug(benchmark)) or _slug(benchmark)
+        for metric, value in metrics.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            entries.append(
+                EvalResult(
+                    task_type="text-to-image",
+                    task_name="Text-to-Image",
+                    dataset_type=dataset_type,
+                    dataset_name=benchmark,
+                    metric_type=_slug(metric),
+                    metric_name=metric,
+                    metric_value=value,
+                )
+            )
+    return entries
