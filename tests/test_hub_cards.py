@@ -181,3 +181,20 @@ def test_paths_are_never_hub_ids(base):
     assert base not in str(card)
     assert 'from_pretrained("sd-base"' in card.text or 'from_pretrained("c"' in card.text
     assert "`prompts.csv` (local, not on the Hub)" in card.text
+
+
+def test_the_recipe_table_lists_the_callers_keys_in_order_with_the_callers_labels():
+    from trl_safediffusion.hub import SafeDiffusionCardInfo, build_model_card
+
+    info = SafeDiffusionCardInfo(
+        recipe={"new_knob": 3, "num_generations": 8, "sample_eta": 1.0, "unset": None},
+        recipe_labels={"new_knob": "A knob no trainer had before", "sample_eta": "Eta"},
+    )
+    text = build_model_card(info).text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " | " in line]
+    assert rows[rows.index("| Fine-tuning | full UNet |") + 1:][:3] == [
+        "| A knob no trainer had before | 3 |", "| Group size | 8 |", "| Eta | 1 |"
+    ]
+    assert "unset" not in text
+    # a dict from a trainer's _model_card_info() carries them too
+    assert SafeDiffusionCardInfo.from_dict({"recipe_labels": {"k": "K"}}).recipe_labels == {"k": "K"}

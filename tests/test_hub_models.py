@@ -177,3 +177,37 @@ def test_card_info_from_a_trainer_dict_keeps_unknown_keys_as_run_details():
     card = build_model_card(info)
     assert "| dataset_size | 128 |" in card.text
     assert card.data.datasets is None  # unnamed in-memory datasets are not listed
+
+
+def test_a_library_pipeline_is_saved_by_its_own_save_pretrained(tmp_path):
+    import pytest
+    from safetensors.torch import load_file
+
+    from trl_safediffusion import DefaultDDPOStableDiffusionPipeline
+
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(seed=0), use_lora=True)
+    expected = str(tmp_path / "by-the-pipeline")
+    pipe.save_pretrained(expected)
+    folder = save_pipeline_for_hub(pipe, str(tmp_path / "lora"), card_info=_card_info(lora=True))
+    assert sorted(os.listdir(folder)) == ["README.md", LORA_WEIGHT_NAME]
+    ours, theirs = (load_file(os.path.join(d, LORA_WEIGHT_NAME)) for d in (folder, expected))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert "load_lora_weights" in open(os.path.join(folder, "README.md")).read()
+
+    fused = save_pipeline_for_hub(pipe, str(tmp_path / "fused"), fuse=True)
+    assert os.path.isfile(os.path.join(fused, "unet", "diffusion_pytorch_model.safetensors"))
+    assert "load_lora_weights" not in open(os.path.join(fused, "README.md")).read()
+    with pytest.raises(ValueError, match="use_lora=True"):
+        save_pipeline_for_hub(pipe, str(tmp_path / "full"), lora=False)
+
+
+def test_a_diffusers_lora_adapter_not_named_default_is_refused(tmp_path):
+    import pytest
+    from peft import LoraConfig
+
+    pipe = tiny_sd_pipeline(seed=0)
+    pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q"]), adapter_name="mine")
+    with pytest.raises(ValueError, match="adapter_name='mine'"):
+        save_pipeline_for_hub(pipe, str(tmp_path / "lora"), lora=True, adapter_name="mine")
+    with pytest.raises(ValueError, match="no LoRA adapter 'default'"):
+        save_pipeline_for_hub(pipe, str(tmp_path / "lora"), lora=True)
