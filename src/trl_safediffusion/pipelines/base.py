@@ -285,7 +285,7 @@ class DDPOStableDiffusionPipeline:
 
         conditioning = as_conditioning(conditioning)
         model = self.model
-        device = model.device
+        device = next(model.parameters()).device
         batch = num_samples(conditioning)
         cfg = guidance_scale > 1.0
         if cfg and negative_conditioning is None:
