@@ -336,28 +336,10 @@ class DDPOStableDiffusionPipeline:
         raise _required(self, "load_checkpoint")
 
     # ------------------------------------------------------------------ TRL v0.23.1 names (not used by the trainers)
+    # TRL's interface also declared the components `vae`, `tokenizer`, `scheduler`, `text_encoder` and `autocast`:
+    # they are family-specific, so the adapters have them (the Stable Diffusion one does) and the interface does not.
     def __call__(self, *args, **kwargs) -> DDPOPipelineOutput:
         raise _required(self, "__call__")
 
     def scheduler_step(self, *args, **kwargs) -> DDPOSchedulerOutput:
         raise _required(self, "scheduler_step")
-
-    @property
-    def vae(self):
-        raise _required(self, "vae")
-
-    @property
-    def tokenizer(self):
-        raise _required(self, "tokenizer")
-
-    @property
-    def scheduler(self):
-        raise _required(self, "scheduler")
-
-    @property
-    def text_encoder(self):
-        raise _required(self, "text_encoder")
-
-    @property
-    def autocast(self):
-        raise _required(self, "autocast")
