@@ -6,6 +6,7 @@ from .detectors import detect_batch, detect_objects, is_unsafe, judge, score, un
 from .metrics import ToyWorldMetrics
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
 from .prompts import toy_prompt_set
+from .sampling import noise_seed, sample_toy_images
 from .structure import ObjectMap
 from .world import (
     COLOUR_WORDS,
@@ -49,8 +50,10 @@ __all__ = [
     "paint_objects",
     "place_objects",
     "prompt_row",
+    "noise_seed",
     "prompt_sets",
     "sample_spec",
+    "sample_toy_images",
     "score",
     "toy_anchors",
     "toy_clip_paths",

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .sampling import sample_toy_images as _sample_eval
+
 logger = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
@@ -139,24 +141,6 @@ def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
     anchors = toy_anchors()
     safe = [a.strip() for a in settings.safe_anchors.split(",") if a.strip()]
     return {**anchors, "safe": safe or anchors["safe"]}
-
-
-def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, progress_bar=None, **pipe_kwargs):
-    """Deterministic evaluation images: image i uses the noise of seed (seed, i) whatever the batch. `pipe_kwargs`
-    (e.g. `callback_on_step_end`) go to every pipeline call; `progress_bar` (a tqdm bar) advances by each batch."""
-
-    images = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        gens = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
-        out = pipe(
-            [r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-            output_type="pt", **pipe_kwargs,
-        )
-        images.append(out.images.float().cpu())
-        if progress_bar is not None:
-            progress_bar.update(len(chunk))
-    return torch.cat(images)
 
 
 def _evaluate(pipe, settings: DemoSettings, reward=None, desc: str = "evaluating",
