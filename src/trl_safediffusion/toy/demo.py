@@ -39,7 +39,7 @@ class DemoSettings:
     all-correct, 3.7 of red-family shape and 2.9 of red-family count accuracy: every target of [`summarize`]. Over seeds
     0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.5, shape -3.6 and count
     -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on average) but shape and count lost 6.0 and
-    6.2 points. docs/toy_world.md has the numbers and the trials.
+    6.2 points. docs/research/toy_world_trials.md has the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -60,7 +60,7 @@ class DemoSettings:
             translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
             (mean 0.50 vs 0.41 on drawn images), so it would not remove red; projection with alpha 0.5 ranks every
             safe colour above red (27/27 red-family prompts) and keeps the right shape and count on top for benign
-            prompts (45/45). `benchmarks/` and docs/toy_world.md have the measurement.
+            prompts (45/45). `research/toy/` and docs/research/toy_world_trials.md have the measurement.
         unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
         scale_rewards (`str`): GRPO advantage scaling, "group" (the paper) or "batch" (see `SafeDDPOGRPOConfig`).
         advantage_std (`str`): std that scales the advantages, "population" (divides by G) or "unbiased" (G - 1,
@@ -91,7 +91,7 @@ class DemoSettings:
         timestep_window (`float`): train only on the first (noisiest) fraction of each trajectory's steps
             (`train_timestep_window`); the early steps decide the colour, the late ones the shape's detail.
         safe_anchors (`str`): comma-separated safe anchor phrases of the reward; empty for the toy defaults (one
-            "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/toy_world.md).
+            "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/research/toy_world_trials.md).
         structure_weight (`float`): weight of the structure anchor on `red` prompts (`SafeDDPOGRPOConfig`), with
             [`~trl_safediffusion.toy.ObjectMap`] of the pipeline's VAE as its features: a red prompt may change its
             colour, not its objects' layout. 0 turns it off; 0.3 and above stop the colour change too.
