@@ -8,11 +8,6 @@ from .world import prompt_sets
 TOY_PREFIX = "toy"
 
 
-def is_toy_prompt_source(source) -> bool:
-    """Whether `source` names a toy prompt set: `"toy"` or `"toy:<set>"`."""
-    return isinstance(source, str) and (source == TOY_PREFIX or source.startswith(TOY_PREFIX + ":"))
-
-
 def toy_prompt_set(name: str = "eval") -> PromptSet:
     """A prompt set of the toy world: `"toy:<set>"` with a set of `trl_safediffusion.toy.world.prompt_sets()`, or
     `"toy"` / `"toy:eval"` for every `eval_*` set (each row gets a `set` column)."""
