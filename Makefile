@@ -22,7 +22,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 $(PY) -m pytest tests -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff check src tests examples benchmarks research
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info src/*.egg-info

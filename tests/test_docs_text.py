@@ -9,7 +9,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _docs():
-    return sorted(glob.glob(os.path.join(REPO, "docs", "*.md"))) + [os.path.join(REPO, "README.md")]
+    return sorted(glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True)) + [os.path.join(REPO, "README.md")]
 
 
 def _hits(paths, pattern):
@@ -44,7 +44,7 @@ def test_the_installed_hub_cli_is_hf():
 
 def test_user_facing_text_names_no_issue_numbers():
     paths = _docs() + [os.path.join(REPO, "Makefile")]
-    for folder in ("src", "examples", "benchmarks", "scripts"):
+    for folder in ("src", "examples", "benchmarks", "research", "scripts"):
         for path in glob.glob(os.path.join(REPO, folder, "**", "*"), recursive=True):
             if os.path.isfile(path) and "assets" not in path.split(os.sep) and path.endswith(
                     (".py", ".md", ".json", ".yaml", ".yml", ".txt", ".cfg")):

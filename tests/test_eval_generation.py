@@ -165,3 +165,23 @@ def test_evaluation_grid_mixes_benign_and_unsafe_prompts_and_explains_its_captio
     assert "4 evaluation images spread over the prompt set (benign prompt: 2, unsafe prompt: 2)" in legend
     assert "r = CLIP steering reward" in legend and "nn = NudeNet detections" in legend and "q16" not in legend
     assert result.grid_path == str(out / "grid.png")
+
+
+def _toy_pipeline_shipped():
+    from trl_safediffusion.toy.pipeline import TOY_PIPELINE_DIR
+
+    return os.path.isfile(os.path.join(TOY_PIPELINE_DIR, "model_index.json"))
+
+
+@pytest.mark.skipif(not _toy_pipeline_shipped(), reason="toy assets not shipped in this checkout")
+def test_cli_resolves_the_toy_model_prompts_and_metric(tmp_path):
+    # evaluation/ knows nothing of the toy world: `--model toy`, `--prompts toy:<set>` and `--metrics toy` are
+    # resolved by the CLI
+    from trl_safediffusion.cli import run_evaluate
+
+    result = run_evaluate(["--model", "toy", "--prompts", "toy:eval_red", "--limit", "2", "--metrics", "toy",
+                           "--num_inference_steps", "2", "--device", "cpu", "--output_dir", str(tmp_path / "ev")])
+    assert result.results["prompt_set"]["name"] == "toy:eval_red" and result.results["model"]["name"] == "toy"
+    assert result.results["metrics"]["toy"]["num_images"] == 2
+    assert "red = the toy detector" in result.results["grid"]["legend"][1]
+    assert all(" | red=" in caption for caption in result.results["grid"]["captions"])

@@ -1,5 +1,7 @@
 import importlib.util
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -186,6 +188,25 @@ def test_toy_world_metrics():
     # a blue image under a red prompt: safe, wrong colour
     wrong = metric(images[1:], [red_row["prompt"]], [red_row])[0]
     assert wrong["toy_unsafe"] is False and wrong["toy_colour_ok"] is False
+
+
+def test_importing_evaluation_does_not_import_the_toy_world():
+    code = ("import sys, trl_safediffusion.evaluation as ev; "
+            "assert not [m for m in sys.modules if m.startswith('trl_safediffusion.toy')], sorted(sys.modules); "
+            "ev.ToyWorldMetrics; assert 'trl_safediffusion.toy.metrics' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_toy_names_moved_to_toy_and_still_import_from_evaluation():
+    import trl_safediffusion.evaluation as ev
+    from trl_safediffusion.evaluation.prompts import toy_prompt_set as from_prompts
+    from trl_safediffusion.toy import ToyWorldMetrics, toy_prompt_set
+
+    assert ev.ToyWorldMetrics is ToyWorldMetrics and ev.toy_prompt_set is toy_prompt_set is from_prompts
+    assert ev.load_eval_prompts(toy_prompt_set("toy:eval_red"), limit=2).name == "toy:eval_red"
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ev.no_such_name  # noqa: B018
 
 
 def test_image_grid_hook_logs_to_tracker(tmp_path):

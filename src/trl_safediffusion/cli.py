@@ -761,7 +761,9 @@ def build_metrics(args: EvalArguments, reward_args: RewardArguments, device: str
         elif name == "clip":
             metrics.append(ev.CLIPMetrics(build_clip_steering_reward(reward_args, device=device)))
         elif name == "toy":
-            metrics.append(ev.ToyWorldMetrics())
+            from .toy.metrics import ToyWorldMetrics
+
+            metrics.append(ToyWorldMetrics())
     return metrics
 
 
@@ -780,17 +782,27 @@ def run_evaluate(argv: list[str] | None = None):
     except ValueError as err:
         raise CLIError(str(err)) from None
     try:
-        prompt_set = ev.load_eval_prompts(args.prompts, categories=args.i2p_categories, hard=args.i2p_hard,
+        prompt_source = args.prompts
+        if args.prompts == "toy" or args.prompts.startswith("toy:"):
+            from .toy.prompts import toy_prompt_set
+
+            prompt_source = toy_prompt_set(args.prompts)
+        prompt_set = ev.load_eval_prompts(prompt_source, categories=args.i2p_categories, hard=args.i2p_hard,
                                           limit=args.limit, prompt_column=args.prompt_column)
     except ValueError as err:
         raise CLIError(f"prompts {args.prompts}: {err}") from None
     except OSError as err:
         raise CLIError(f"prompts: cannot load {args.prompts!r} ({err}){_offline_hint()}") from None
-    if args.model != "toy":
+    model_path = args.model
+    if args.model == "toy":
+        from .toy.pipeline import toy_pipeline_path
+
+        model_path = toy_pipeline_path()
+    else:
         _check_model_cached("model", args.model, args.revision)
     metrics = _load_or_explain("clip_model", reward_args.clip_model, lambda: build_metrics(args, reward_args, device))
     pipeline = _load_or_explain("model", args.model, lambda: ev.load_pipeline(
-        args.model, lora=args.lora, device=device, torch_dtype=_torch_dtype(args.dtype, device), revision=args.revision))
+        model_path, lora=args.lora, device=device, torch_dtype=_torch_dtype(args.dtype, device), revision=args.revision))
     result = ev.evaluate(
         pipeline, prompt_set, args.output_dir, metrics=metrics, images_per_prompt=args.images_per_prompt,
         seed=args.seed, batch_size=args.batch_size, num_inference_steps=args.num_inference_steps,

@@ -176,8 +176,10 @@ def evaluate(
         output_dir (`str`): where `results.json`, `images.jsonl` (or `.parquet`), `grid.png` and `images/` go. With
             `save_images`, `metadata.jsonl` too: `datasets.load_dataset(output_dir)` then loads the folder as an
             ImageFolder, one row per image with its scores.
-        metrics (`list`): metric objects (`NudeNetMetric`, `Q16Classifier`, `CLIPMetrics`, `ToyWorldMetrics`, or any
-            object with `name`, `__call__(images, prompts, rows) -> list[dict]`, `summarize(table)` and `protocol()`).
+        metrics (`list`): metric objects (`NudeNetMetric`, `Q16Classifier`, `CLIPMetrics`, the toy world's
+            `ToyWorldMetrics`, or any object with `name`, `__call__(images, prompts, rows) -> list[dict]`,
+            `summarize(table)` and `protocol()`). A metric may also have `caption_fields`: `(column, format, legend)`
+            triples of its columns to show under the grid images (e.g. `("toy_unsafe", "red={}", "red = ...")`).
         images_per_prompt, seed, batch_size, num_inference_steps, guidance_scale, height, width, negative_prompt:
             generation settings (see `generate_images`).
         seed_column (`str`, *optional*): prompt-set column with a per-prompt seed (I2P: `sd_seed`).
@@ -213,6 +215,7 @@ def evaluate(
     grid_wanted = set(grid_order)
     grid_cells: dict[int, tuple] = {}
     labelled = bool(prompt_set.rows) and label_column in prompt_set.rows[0]
+    caption_fields = _CAPTION_FIELDS + tuple(f for m in metrics for f in getattr(m, "caption_fields", ()))
     scoring = tqdm(desc="Scoring", total=len(prompt_set) * images_per_prompt, unit="img", disable=not progress)
     for batch in iter_generate(pipeline, prompt_set.prompts, images_per_prompt, seed, batch_size, num_inference_steps,
                                guidance_scale, height, width, negative_prompt, prompt_seeds, progress):
@@ -240,7 +243,8 @@ def evaluate(
                 record["file"] = rel
             table.append(record)
             if image_id in grid_wanted:
-                grid_cells[image_id] = (batch.images[j], _caption(record, label_column if labelled else None))
+                grid_cells[image_id] = (batch.images[j], _caption(record, label_column if labelled else None,
+                                                                   caption_fields))
         scoring.update(len(rows))
     scoring.close()
 
@@ -283,7 +287,7 @@ def evaluate(
 
         shown = [i for i in grid_order if i in grid_cells]
         grid_path = os.path.join(output_dir, GRID_FILE)
-        legend = _grid_legend([table[i] for i in shown], label_column if labelled else None)
+        legend = _grid_legend([table[i] for i in shown], label_column if labelled else None, caption_fields)
         captioned_grid(torch.stack([grid_cells[i][0] for i in shown]), [grid_cells[i][1] for i in shown],
                        title=legend).save(grid_path)
         results["grid"] = {"file": GRID_FILE, "image_ids": shown, "captions": [grid_cells[i][1] for i in shown],
@@ -304,13 +308,12 @@ def evaluate(
     return EvaluationResult(results, table, results_path, table_path, grid_path, metadata_path)
 
 
-# caption field: (table column, caption format, what the legend says it is)
+# caption field: (table column, caption format, what the legend says it is); metrics add theirs (`caption_fields`)
 _CAPTION_FIELDS = (
     ("steering_reward", "r={:.3f}", "r = CLIP steering reward (similarity to the prompt steered towards the safe "
      "anchors; higher is safer and more on-prompt)"),
     ("nudenet_i2p_5class_count", "nn={}", "nn = NudeNet detections of the I2P 5 exposed classes"),
     ("q16_inappropriate", "q16={}", "q16 = Q16 classifies the image as inappropriate"),
-    ("toy_unsafe", "red={}", "red = the toy detector finds the unsafe colour (red) in the image"),
 )
 
 
@@ -361,7 +364,8 @@ def grid_image_ids(rows: Sequence[Mapping], images_per_prompt: int, grid_size: i
     return order
 
 
-def _grid_legend(records: Sequence[Mapping], label_column: str | None) -> list[str]:
+def _grid_legend(records: Sequence[Mapping], label_column: str | None,
+                 caption_fields: Sequence[tuple] = _CAPTION_FIELDS) -> list[str]:
     """What the grid shows and what its captions say, for the grid's title."""
     counts = ""
     if label_column is not None:
@@ -373,16 +377,17 @@ def _grid_legend(records: Sequence[Mapping], label_column: str | None) -> list[s
         boolean = all(_is_unsafe_label(r.get(label_column)) is not None for r in records)
         parts.append(f"[benign prompt] / [unsafe prompt]: the prompt's {label_column!r} label" if boolean else
                      f"[{label_column}=...]: the prompt's {label_column!r} column")
-    parts += [legend for key, _, legend in _CAPTION_FIELDS if records and key in records[0]]
+    parts += [legend for key, _, legend in caption_fields if records and key in records[0]]
     lines.append("Caption: " + "; ".join(["the prompt", *parts]) + ".")
     return lines
 
 
-def _caption(record: Mapping, label_column: str | None = None) -> str:
+def _caption(record: Mapping, label_column: str | None = None,
+             caption_fields: Sequence[tuple] = _CAPTION_FIELDS) -> str:
     parts = [str(record["prompt"])[:80]]
     if label_column is not None:
         parts[0] = f"[{_label_text(record.get(label_column), label_column)}] {parts[0]}"
-    for key, fmt, _ in _CAPTION_FIELDS:
+    for key, fmt, _ in caption_fields:
         if key in record:
             parts.append(fmt.format(record[key]))
     return " | ".join(parts)

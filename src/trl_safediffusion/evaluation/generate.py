@@ -1,4 +1,4 @@
-"""Seeded, batched image generation from a diffusers pipeline (a Hub model, a trained LoRA, the toy pipeline).
+"""Seeded, batched image generation from a diffusers pipeline (a Hub model, a local folder, a trained LoRA).
 
 Every image has its own seed and its own initial noise drawn on the CPU, so an image depends only on (model, prompt,
 seed, sampler settings): not on the batch size, the device count or the other prompts of its batch.
@@ -52,7 +52,8 @@ def load_pipeline(model: str, lora: str | None = None, device: str | None = None
     """Load a diffusers text-to-image pipeline for evaluation.
 
     Args:
-        model (`str`): Hub id or local folder of a diffusers pipeline, or `"toy"` for the embedded toy pipeline.
+        model (`str`): Hub id or local folder of a diffusers pipeline (the embedded toy pipeline is the folder
+            `trl_safediffusion.toy.toy_pipeline_path()`).
         lora (`str`, *optional*): folder or Hub id of LoRA weights (`pytorch_lora_weights.safetensors`, as
             `SafeDDPOGRPOTrainer.save_pretrained` writes) loaded with `load_lora_weights`.
         device (`str`, *optional*): defaults to "cuda" when available, else "cpu".
@@ -62,24 +63,16 @@ def load_pipeline(model: str, lora: str | None = None, device: str | None = None
             out flagged images; published I2P numbers measure the model without it.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if model == "toy":
-        try:
-            from ..toy.pipeline import load_toy_pipeline
-        except ImportError as err:
-            raise ImportError("model='toy' needs trl_safediffusion.toy.pipeline.load_toy_pipeline, which is not "
-                              "available in this installation") from err
-        pipe = load_toy_pipeline(device=device, dtype=torch_dtype or torch.float32)
-    else:
-        from diffusers import DiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-        kwargs = {}
-        if torch_dtype is not None:
-            kwargs["torch_dtype"] = torch_dtype
-        if revision is not None:
-            kwargs["revision"] = revision
-        if disable_safety_checker:
-            kwargs["safety_checker"] = None
-        pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
+    kwargs = {}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    if revision is not None:
+        kwargs["revision"] = revision
+    if disable_safety_checker:
+        kwargs["safety_checker"] = None
+    pipe = DiffusionPipeline.from_pretrained(model, **kwargs)
     if lora:
         pipe.load_lora_weights(lora)
         logger.info("loaded LoRA weights from %s", lora)

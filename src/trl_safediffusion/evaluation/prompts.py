@@ -1,4 +1,7 @@
-"""Evaluation prompt sets: I2P from the Hub (with category and `hard` filters), local files, lists, the toy world."""
+"""Evaluation prompt sets: I2P from the Hub (with category and `hard` filters), local files, lists.
+
+The toy world's prompt sets are `trl_safediffusion.toy.prompts.toy_prompt_set` (a `PromptSet`, which
+[`load_eval_prompts`] takes as it is)."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ I2P_CATEGORIES: tuple[str, ...] = (
     "shocking",
     "illegal activity",
 )
-TOY_PREFIX = "toy"
 
 
 @dataclass
@@ -28,7 +30,7 @@ class PromptSet:
     """Prompts to evaluate, one dict per prompt with at least a `prompt` key (other keys are kept as metadata).
 
     Args:
-        name (`str`): short name written to `results.json` (e.g. "i2p", "toy:eval_red", a file name).
+        name (`str`): short name written to `results.json` (e.g. "i2p", a file name).
         rows (`list[dict]`): the prompts and their metadata.
         source (`str`): where they came from (Hub id, path, "list").
         filters (`dict`): filters applied (categories, hard, limit).
@@ -80,22 +82,6 @@ def filter_i2p(rows: Sequence[dict], categories: Sequence[str] | None = None, ha
     return list(rows)
 
 
-def toy_prompt_set(name: str = "eval") -> PromptSet:
-    """A prompt set of the toy world: `"toy:<set>"` with a set of `trl_safediffusion.toy.world.prompt_sets()`, or
-    `"toy"` / `"toy:eval"` for every `eval_*` set (each row gets a `set` column)."""
-    from ..toy.world import prompt_sets
-
-    sets = prompt_sets()
-    key = name.split(":", 1)[1] if ":" in name else "eval"
-    if key == "eval":
-        rows = [{**row, "set": set_name} for set_name, rs in sets.items() if set_name.startswith("eval_") for row in rs]
-    elif key in sets:
-        rows = [{**row, "set": key} for row in sets[key]]
-    else:
-        raise ValueError(f"prompts: unknown toy prompt set {key!r}; expected 'eval' or one of {sorted(sets)}")
-    return PromptSet(name=f"{TOY_PREFIX}:{key}", rows=rows, source="trl_safediffusion.toy.world.prompt_sets")
-
-
 def load_eval_prompts(
     source,
     categories: Sequence[str] | None = None,
@@ -110,7 +96,8 @@ def load_eval_prompts(
 
     Args:
         source (`str`, `list` or `PromptSet`): `"i2p"` (the Hub dataset `AIML-TUDA/i2p`, 4,703 prompts), a Hub dataset id,
-            a local `.txt` / `.csv` / `.jsonl` / `.json` file, `"toy"` or `"toy:<set>"`, or a list of prompts or dicts.
+            a local `.txt` / `.csv` / `.jsonl` / `.json` file, a list of prompts or dicts, or a `PromptSet` (e.g.
+            `trl_safediffusion.toy.prompts.toy_prompt_set("toy:eval_red")`).
         categories (`list[str]`, *optional*): keep I2P rows with any of these categories (`I2P_CATEGORIES`).
         hard (`bool`, *optional*): keep I2P rows whose `hard` flag equals this.
         limit (`int`, *optional*): keep the first `limit` prompts (after filtering).
@@ -118,8 +105,6 @@ def load_eval_prompts(
     """
     if isinstance(source, PromptSet):
         prompt_set = source
-    elif isinstance(source, str) and (source == TOY_PREFIX or source.startswith(TOY_PREFIX + ":")):
-        prompt_set = toy_prompt_set(source)
     else:
         from ..data import load_prompt_dataset
 
@@ -145,3 +130,13 @@ def load_eval_prompts(
         raise ValueError(f"prompt set {prompt_set.name!r} is empty after filtering ({filters})")
     logger.info("prompt set %s: %d prompts (%s)", prompt_set.name, len(rows), filters or "no filters")
     return PromptSet(name=prompt_set.name, rows=rows, source=prompt_set.source, filters=filters)
+
+
+def __getattr__(name: str):
+    # `toy_prompt_set` moved to `trl_safediffusion.toy.prompts`; imported on first use so that this module does not
+    # import the toy world
+    if name == "toy_prompt_set":
+        from ..toy.prompts import toy_prompt_set
+
+        return toy_prompt_set
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

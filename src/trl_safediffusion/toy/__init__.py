@@ -3,7 +3,10 @@ Stable Diffusion pipeline and CLIP trained on it (see docs/toy_world.md)."""
 
 from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_anchors, toy_clip_paths, toy_steering_reward
 from .detectors import detect_batch, detect_objects, is_unsafe, judge, score, unsafe_fraction
+from .metrics import ToyWorldMetrics
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
+from .prompts import toy_prompt_set
+from .sampling import noise_seed, sample_toy_images
 from .structure import ObjectMap
 from .world import (
     COLOUR_WORDS,
@@ -32,6 +35,7 @@ __all__ = [
     "TOY_NUM_INFERENCE_STEPS",
     "TOY_SAFE_ANCHORS",
     "TOY_UNSAFE_ANCHORS",
+    "ToyWorldMetrics",
     "UNSAFE_COLOUR_WORDS",
     "caption",
     "cycled_rows",
@@ -46,12 +50,15 @@ __all__ = [
     "paint_objects",
     "place_objects",
     "prompt_row",
+    "noise_seed",
     "prompt_sets",
     "sample_spec",
+    "sample_toy_images",
     "score",
     "toy_anchors",
     "toy_clip_paths",
     "toy_pipeline_path",
+    "toy_prompt_set",
     "toy_steering_reward",
     "unsafe_fraction",
 ]

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from .sampling import sample_toy_images as _sample_eval
+
 logger = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
@@ -37,7 +39,7 @@ class DemoSettings:
     all-correct, 3.7 of red-family shape and 2.9 of red-family count accuracy: every target of [`summarize`]. Over seeds
     0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.5, shape -3.6 and count
     -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on average) but shape and count lost 6.0 and
-    6.2 points. docs/toy_world.md has the numbers and the trials.
+    6.2 points. docs/research/toy_world_trials.md has the trials.
 
     Args:
         epochs (`int`): GRPO epochs.
@@ -58,7 +60,7 @@ class DemoSettings:
             translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
             (mean 0.50 vs 0.41 on drawn images), so it would not remove red; projection with alpha 0.5 ranks every
             safe colour above red (27/27 red-family prompts) and keeps the right shape and count on top for benign
-            prompts (45/45). `benchmarks/` and docs/toy_world.md have the measurement.
+            prompts (45/45). `research/toy/` and docs/research/toy_world_trials.md have the measurement.
         unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
         scale_rewards (`str`): GRPO advantage scaling, "group" (the paper) or "batch" (see `SafeDDPOGRPOConfig`).
         advantage_std (`str`): std that scales the advantages, "population" (divides by G) or "unbiased" (G - 1,
@@ -89,7 +91,7 @@ class DemoSettings:
         timestep_window (`float`): train only on the first (noisiest) fraction of each trajectory's steps
             (`train_timestep_window`); the early steps decide the colour, the late ones the shape's detail.
         safe_anchors (`str`): comma-separated safe anchor phrases of the reward; empty for the toy defaults (one
-            "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/toy_world.md).
+            "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/research/toy_world_trials.md).
         structure_weight (`float`): weight of the structure anchor on `red` prompts (`SafeDDPOGRPOConfig`), with
             [`~trl_safediffusion.toy.ObjectMap`] of the pipeline's VAE as its features: a red prompt may change its
             colour, not its objects' layout. 0 turns it off; 0.3 and above stop the colour change too.
@@ -139,24 +141,6 @@ def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
     anchors = toy_anchors()
     safe = [a.strip() for a in settings.safe_anchors.split(",") if a.strip()]
     return {**anchors, "safe": safe or anchors["safe"]}
-
-
-def _sample_eval(pipe, rows, steps, guidance, seed, batch_size=72, progress_bar=None, **pipe_kwargs):
-    """Deterministic evaluation images: image i uses the noise of seed (seed, i) whatever the batch. `pipe_kwargs`
-    (e.g. `callback_on_step_end`) go to every pipeline call; `progress_bar` (a tqdm bar) advances by each batch."""
-
-    images = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        gens = [torch.Generator().manual_seed(seed * 100_003 + start + i) for i in range(len(chunk))]
-        out = pipe(
-            [r["prompt"] for r in chunk], num_inference_steps=steps, guidance_scale=guidance, generator=gens,
-            output_type="pt", **pipe_kwargs,
-        )
-        images.append(out.images.float().cpu())
-        if progress_bar is not None:
-            progress_bar.update(len(chunk))
-    return torch.cat(images)
 
 
 def _evaluate(pipe, settings: DemoSettings, reward=None, desc: str = "evaluating",

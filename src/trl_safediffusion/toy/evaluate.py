@@ -17,6 +17,7 @@ import torch
 
 from .detectors import score
 from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
+from .sampling import sample_toy_images
 from .world import cycled_rows, prompt_sets
 
 logger = logging.getLogger(__name__)
@@ -24,7 +25,6 @@ logger = logging.getLogger(__name__)
 EVAL_SPLITS: tuple[str, ...] = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 
 
-@torch.no_grad()
 def sample_images(
     pipe,
     prompts: list[str],
@@ -34,21 +34,11 @@ def sample_images(
     generator: torch.Generator | None = None,
     progress_bar=None,
 ) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] for `prompts`, in batches, with DDIM (eta 0) and classifier-free guidance.
-    `progress_bar` (a tqdm bar), when given, advances by each batch's images."""
-    chunks = []
-    for i in range(0, len(prompts), batch_size):
-        out = pipe(
-            prompts[i : i + batch_size],
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            output_type="pt",
-        )
-        chunks.append(out.images.float().cpu())
-        if progress_bar is not None:
-            progress_bar.update(len(chunks[-1]))
-    return torch.cat(chunks)
+    """Images (B, 3, H, W) in [0, 1] for `prompts`: [`~trl_safediffusion.toy.sampling.sample_toy_images`] drawing
+    from one `generator` (torch's global one when `None`)."""
+    return sample_toy_images(pipe, prompts, num_inference_steps, guidance_scale, batch_size=batch_size,
+                             generator=generator if generator is not None else torch.default_generator,
+                             progress_bar=progress_bar)
 
 
 def evaluate_pipeline(
@@ -79,8 +69,8 @@ def evaluate_pipeline(
         rows = cycled_rows(sets[split], images_per_split)
         start = time.time()
         bar.set_postfix_str(split)
-        images = sample_images(pipe, [r["prompt"] for r in rows], num_inference_steps, guidance_scale, batch_size,
-                               generator, progress_bar=bar)
+        images = sample_toy_images(pipe, rows, num_inference_steps, guidance_scale, batch_size=batch_size,
+                                   generator=generator, progress_bar=bar)
         report[split] = score(images, rows)
         logger.info("%s: %s (%.0fs)", split, report[split], time.time() - start)
     bar.close()

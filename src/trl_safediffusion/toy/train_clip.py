@@ -14,7 +14,7 @@ writes `<out>/toy-clip.json` (the open_clip config) and `<out>/toy-clip.safetens
 four objects (consistent only with captions that name no count), grey objects (only with captions that name no
 colour) and the empty background (consistent with no caption, so only a negative). A reward model that has never seen
 them scores them by extrapolation; the demo's policy found that the shipped CLIP pays more for four safe-coloured
-objects than for the three a `red` prompt asks for, and for grey objects over red ones (docs/toy_world.md).
+objects than for the three a `red` prompt asks for, and for grey objects over red ones (docs/research/toy_world_trials.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How does a trained toy model get red-family counts wrong? Count failures by kind, before and after training.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_count_failures.py outputs/toy-demo/model [more model folders]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_count_failures.py outputs/toy-demo/model [more model folders]
 
 Samples the demo's red-family evaluation (216 `red`, `crimson` and `scarlet` prompts each, the demo's noise seeds, 20
 DDIM steps, guidance 5) with the shipped pretrained pipeline and with each model folder given, and sorts every image
@@ -12,7 +12,7 @@ whose detected object count is wrong into:
 * `fewer`: fewer objects than asked and no such remnants (objects missing or merged);
 * `more`: more objects than asked (`more, mixed` when they are not all one colour).
 
-docs/toy_world.md quotes it for the red-family count that the demo loses.
+docs/research/toy_world_trials.md quotes it for the red-family count that the demo loses.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from collections import Counter
 
 import numpy as np
 
-from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
+from trl_safediffusion.toy import sample_toy_images
+from trl_safediffusion.toy.demo import DemoSettings
 from trl_safediffusion.toy.detectors import MIN_COMPONENT_PIXELS, connected_components, detect_batch, to_uint8_images
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import BACKGROUND_RGB, cycled_rows, prompt_sets
@@ -59,7 +60,7 @@ def main():
         kinds: Counter = Counter()
         for split in ("eval_red", "eval_crimson", "eval_scarlet"):
             rows = cycled_rows(sets[split], args.images)
-            images = to_uint8_images(_sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1))
+            images = to_uint8_images(sample_toy_images(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1))
             for image, found, row in zip(images, detect_batch(images), rows):
                 kinds[failure_kind(image, found, row["count"])] += 1
         total = sum(kinds.values())

@@ -1,4 +1,5 @@
-"""Toy-world metrics: the unsafe (red) rate and compositional accuracy, from the toy world's exact detectors."""
+"""Toy-world metrics for `trl_safediffusion.evaluation.evaluate`: the unsafe (red) rate and compositional accuracy,
+from the toy world's exact detectors."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from . import detectors
 
 _SPEC_KEYS = ("colour", "shape", "count")
 
@@ -22,10 +25,10 @@ class ToyWorldMetrics:
     """
 
     name = "toy"
+    # shown under the evaluation grid's images (see `trl_safediffusion.evaluation.evaluate`)
+    caption_fields = (("toy_unsafe", "red={}", "red = the toy detector finds the unsafe colour (red) in the image"),)
 
     def __init__(self, unsafe_threshold: float | None = None, label_column: str = "unsafe"):
-        from ..toy import detectors
-
         self._detectors = detectors
         self.unsafe_threshold = detectors.DEFAULT_UNSAFE_THRESHOLD if unsafe_threshold is None else unsafe_threshold
         self.label_column = label_column

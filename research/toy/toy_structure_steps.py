@@ -1,12 +1,12 @@
 """How far a trained toy model's predicted object maps are from the pretrained model's, step by step.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_structure_steps.py outputs/toy-demo/model [--seed 0]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_structure_steps.py outputs/toy-demo/model [--seed 0]
 
 Follows deterministic DDIM trajectories (10 steps, guidance 5, the training rollouts' discretisation) of the
 pretrained model for `red` prompts and, at every step, gives both UNets the same noisy latent. For each it prints the
 mean of `toy.ObjectMap` over the predicted clean image `x0_hat` of the guided step, for the trained model and the
 pretrained one, and the mean squared gap between the two maps, which is what the structure anchor penalises.
-docs/toy_world.md ("The structure anchor") uses it to show that the map of `x0_hat` is not colour-blind at the
+docs/research/toy_world_trials.md ("The structure anchor") uses it to show that the map of `x0_hat` is not colour-blind at the
 noisiest steps.
 """
 

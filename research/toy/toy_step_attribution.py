@@ -1,8 +1,8 @@
 """Which denoising steps carry a trained toy model's changes? Samples with the trained UNet for the first k steps and
 the pretrained UNet for the rest, and prints the `red` unsafe rate and benign accuracy per k.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_step_attribution.py outputs/toy-demo/model [--ks 0,5,10,20]
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_step_attribution.py outputs/toy-demo/model --pretrained-first
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_step_attribution.py outputs/toy-demo/model [--ks 0,5,10,20]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_step_attribution.py outputs/toy-demo/model --pretrained-first
 
 Uses the demo's evaluation protocol (20 deterministic DDIM steps, guidance 5, the demo's prompts and noise seeds,
 `--images` per split). k = 0 is the pretrained model, k = 20 the trained one. With `--pretrained-first` the
@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
+from trl_safediffusion.toy import sample_toy_images
+from trl_safediffusion.toy.demo import DemoSettings
 from trl_safediffusion.toy.detectors import score
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import cycled_rows, prompt_sets
@@ -52,7 +53,7 @@ def main():
         metrics = {}
         for split in ("eval_benign", "eval_red"):
             rows = cycled_rows(sets[split], args.images)
-            images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
+            images = sample_toy_images(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
                                   callback_on_step_end=switch)
             metrics[split] = score(images, rows)
         b, r = metrics["eval_benign"], metrics["eval_red"]

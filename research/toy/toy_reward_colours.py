@@ -1,6 +1,6 @@
 """What does the toy steering reward pay a `red` prompt for? Mean reward of drawn images per colour, fade and anchor set.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_reward_colours.py [--images 54] [--anchor-sets all,...]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_reward_colours.py [--images 54] [--anchor-sets all,...]
 
 Draws `--images` images (every shape and count, the same layouts in every row) and scores them against the `red`
 prompt of their shape and count ("two red triangles") with the demo's reward (toy CLIP, projection steering, alpha
@@ -9,7 +9,7 @@ prompt of their shape and count ("two red triangles") with the demo's reward (to
 objects (the toy world never has 4) for the prompts "three red <shape>s" drawn in cyan, and for "three cyan
 <shape>s" drawn in cyan. Then, for each safe
 anchor set in `--anchor-sets` (`+`-separated safe colours, e.g. `yellow+purple`; `all` is the toy default), the
-reward of each colour. docs/toy_world.md quotes it: GRPO only ranks the images in a group, so whatever scores above
+reward of each colour. docs/research/toy_world_trials.md quotes it: GRPO only ranks the images in a group, so whatever scores above
 red in this table is what the policy can be pushed towards, including faded and grey objects that the detectors do
 not count.
 """

@@ -1,13 +1,13 @@
 """How well does the toy steering reward rank a group's correct images above its wrong ones, on the model's own rollouts?
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_reward_alignment.py [--generations 8] [--guidance 2]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_reward_alignment.py [--generations 8] [--guidance 2]
 
 Samples a GRPO-like group (`--generations` images, DDIM eta 1, 10 steps, the given guidance) from the shipped toy
 pipeline for every benign training prompt, marks each image correct or not with the exact detectors (all-correct,
 shape, count), and prints, over the groups that hold both correct and wrong images, how far the group-normalised
 advantage of the correct images lies above that of the wrong ones (in group standard deviations) and in what fraction
 of those groups it is above at all. Printed for the demo's reward (projection, alpha 0.5) and for plain prompt cosine
-(alpha 0). docs/toy_world.md quotes the result: the gap is small, so most of the advantage on benign prompts is noise
+(alpha 0). docs/research/toy_world_trials.md quotes the result: the gap is small, so most of the advantage on benign prompts is noise
 with respect to what the detectors score.
 """
 
@@ -21,6 +21,7 @@ import torch
 from trl_safediffusion.toy.clip import toy_steering_reward
 from trl_safediffusion.toy.detectors import judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
+from trl_safediffusion.toy.sampling import sample_toy_images
 from trl_safediffusion.toy.world import prompt_sets
 
 
@@ -35,14 +36,9 @@ def main():
     pipe = load_toy_pipeline()
     pipe.set_progress_bar_config(disable=True)
     rows = [r for r in prompt_sets()["train"] if not r["unsafe"]]
-    images = []
-    for j, row in enumerate(rows):
-        gens = [torch.Generator().manual_seed(args.seed * 100_003 + j * G + i) for i in range(G)]
-        out = pipe([row["prompt"]] * G, num_inference_steps=args.steps, guidance_scale=args.guidance, eta=1.0,
-                   generator=gens, output_type="pt")
-        images.append(out.images.float())
-    images = torch.cat(images)
     per_image = [row for row in rows for _ in range(G)]
+    # one group per pipeline call; image i of group j starts from the noise of noise_seed(seed, j * G + i)
+    images = sample_toy_images(pipe, per_image, args.steps, args.guidance, seed=args.seed, batch_size=G, eta=1.0)
     judged = judge(images, per_image)
     ok = {name: judged[key].astype(np.float64).reshape(len(rows), G)
           for name, key in (("all-correct", "all_correct"), ("shape", "shape"), ("count", "count"))}

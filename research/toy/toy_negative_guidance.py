@@ -1,6 +1,6 @@
 """Could the reference model, guided away from the unsafe anchor, anchor red prompts' layout? Unsafe rate and accuracy.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_negative_guidance.py [--images 144] [--anchor "red shapes"]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_negative_guidance.py [--images 144] [--anchor "red shapes"]
         [--etas 0,0.5,1,1.5]
 
 A KL on `red` prompts to the pretrained model keeps their layouts but also keeps them red. An erasure-style target
@@ -13,7 +13,7 @@ with `anchor` the conditional prediction for the anchor phrase. Such a target is
 removes red while keeping shape and count. This samples the demo's `red` and benign evaluation prompts (20 DDIM
 steps, eta 0, guidance 5, the demo's noise seeds) with the pretrained toy pipeline for each `--etas` value and prints
 the unsafe rate, shape, count and all-correct accuracy (eta 0 is the plain pipeline), then the same for the
-pipeline's own `negative_prompt=anchor` (the anchor in place of the empty prompt). docs/toy_world.md quotes it.
+pipeline's own `negative_prompt=anchor` (the anchor in place of the empty prompt). docs/research/toy_world_trials.md quotes it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import argparse
 import numpy as np
 import torch
 
-from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
+from trl_safediffusion.toy import noise_seed, sample_toy_images
+from trl_safediffusion.toy.demo import DemoSettings
 from trl_safediffusion.toy.detectors import is_unsafe, judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import cycled_rows, prompt_sets
@@ -38,7 +39,7 @@ def sample(pipe, rows, anchor: str, eta: float, settings: DemoSettings, batch_si
         chunk = rows[start : start + batch_size]
         n = len(chunk)
         latents = torch.cat([
-            torch.randn((1, pipe.unet.config.in_channels, 8, 8), generator=torch.Generator().manual_seed(seed * 100_003 + start + i))
+            torch.randn((1, pipe.unet.config.in_channels, 8, 8), generator=torch.Generator().manual_seed(noise_seed(seed, start + i)))
             for i in range(n)
         ])
         embeds = torch.cat([pipe.encode_prompt(texts, "cpu", 1, False)[0]
@@ -72,7 +73,7 @@ def main():
             rows = cycled_rows(sets[split], args.images)
             if eta == "negative_prompt":
                 # one batch, so the negative prompts match it (the noise of image i does not depend on the batch)
-                images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
+                images = sample_toy_images(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
                                       batch_size=len(rows), negative_prompt=[args.anchor] * len(rows))
                 label = "neg."
             else:

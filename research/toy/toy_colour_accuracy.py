@@ -1,11 +1,11 @@
 """Shape and count accuracy of the shipped toy pipeline per colour word, under the demo's evaluation protocol.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_colour_accuracy.py [--benign-images 450] [--red-images 216]
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_colour_accuracy.py --swap [--red-images 216]
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_colour_accuracy.py --vae [--drawn-images 270]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_colour_accuracy.py [--benign-images 450] [--red-images 216]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_colour_accuracy.py --swap [--red-images 216]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_colour_accuracy.py --vae [--drawn-images 270]
 
 Samples the demo's benign and `red` evaluation prompts (20 deterministic DDIM steps, guidance 5, the demo's noise
-seeds) and prints shape and count accuracy per colour word. docs/toy_world.md uses it for the floor of red-family
+seeds) and prints shape and count accuracy per colour word. docs/research/toy_world_trials.md uses it for the floor of red-family
 shape accuracy: a model that drew red-family prompts in a safe colour, as well as it draws that colour, would score
 the safe colours' accuracy, not red's.
 
@@ -29,7 +29,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from trl_safediffusion.toy.demo import DemoSettings, _sample_eval
+from trl_safediffusion.toy import sample_toy_images
+from trl_safediffusion.toy.demo import DemoSettings
 from trl_safediffusion.toy.detectors import judge
 from trl_safediffusion.toy.pipeline import load_toy_pipeline
 from trl_safediffusion.toy.world import (
@@ -57,7 +58,7 @@ def swap_floor(pipe, settings: DemoSettings, images_per_split: int) -> None:
             rows = cycled_rows(sets[split], images_per_split)
             if colour != "as asked":
                 rows = [prompt_row(spec_from_row({**row, "colour_word": colour})) for row in rows]
-            judged = judge(_sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1), rows)
+            judged = judge(sample_toy_images(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1), rows)
             shape.append(judged["shape"].mean())
             count.append(judged["count"].mean())
         print(f"{colour:8s} {np.mean(shape):7.1%} {np.mean(count):7.1%}")
@@ -109,7 +110,7 @@ def main():
         return vae_round_trip(pipe, args.drawn_images)
     sets = prompt_sets()
     rows = cycled_rows(sets["eval_benign"], args.benign_images) + cycled_rows(sets["eval_red"], args.red_images)
-    images = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1)
+    images = sample_toy_images(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1)
     judged = judge(images, rows)
     shape, count = defaultdict(list), defaultdict(list)
     for i, row in enumerate(rows):

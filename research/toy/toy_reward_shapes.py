@@ -1,11 +1,11 @@
 """Does the toy CLIP's steering reward tell a square from a rounded square? Prints the mean reward per drawn shape.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/toy_reward_shapes.py [--images 64] [--colours blue,green] [--word red]
+    OMP_NUM_THREADS=2 .venv/bin/python research/toy/toy_reward_shapes.py [--images 64] [--colours blue,green] [--word red]
 
 For each colour and count, draws `--images` images of squares, of superellipses |x|^p + |y|^p <= r^p (p = 4, 3, 2.5:
 squares with ever rounder corners) and of circles, in the toy world's palette and layout rules, and scores them with
 the demo's reward (toy CLIP, projection steering, alpha 0.5) against the prompt "<count> <word or colour> squares".
-docs/toy_world.md quotes the result: the rounded squares the trained demo model draws score well below squares.
+docs/research/toy_world_trials.md quotes the result: the rounded squares the trained demo model draws score well below squares.
 """
 
 from __future__ import annotations
