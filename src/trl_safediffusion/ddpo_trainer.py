@@ -11,15 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent import futures
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import gather_object
 
 from .advantages import PerPromptStatTracker, batch_advantages
 from .checkpointing import (
@@ -39,24 +37,14 @@ from .pipelines.conditioning import as_conditioning, repeat_rows, to_device
 from .publishing import PublishingMixin, describe_reward
 from .reward_stats import RewardFunctionError, call_reward, reward_components, reward_log
 from .sample_plan import DDPO_NOISE, STEP_NOISE, TRAIN_ORDER, SamplePlan, mix_seed
-from .tracking import TrackingMixin
+from .tracking import TrackingMixin, cpu_only_multiprocess
 
 logger = logging.getLogger(__name__)
 
 # names importable from here before the stages moved to their own modules
-__all__ = [
-    "CHECKPOINT_PREFIX",
-    "TRAINER_STATE_NAME",
-    "DDPOTrainer",
-    "PerPromptStatTracker",
-    "RewardFunctionError",
-    "check_writable_folder",
-    "clipped_surrogate_loss",
-    "cpu_only_multiprocess",
-    "describe_reward",
-    "list_checkpoints",
-    "resolve_checkpoint",
-]
+__all__ = ["CHECKPOINT_PREFIX", "TRAINER_STATE_NAME", "DDPOTrainer", "PerPromptStatTracker", "RewardFunctionError",
+           "check_writable_folder", "clipped_surrogate_loss", "cpu_only_multiprocess", "describe_reward",
+           "list_checkpoints", "resolve_checkpoint"]
 
 
 class DDPOTrainer(TrackingMixin, PublishingMixin):
@@ -145,42 +133,6 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
             )
         if image_samples_hook is not None and not callable(image_samples_hook):
             raise ValueError("image_samples_hook must be callable (prompt_image_data, global_step, tracker) or None")
-
-    def _setup_accelerator(self):
-        config = self.config
-        project_kwargs = dict(config.project_kwargs)
-        project_dir = project_kwargs.pop("project_dir", None) or os.path.join(
-            config.logdir, config.run_name or config.exp_name
-        )
-        project_kwargs.pop("automatic_checkpoint_naming", None)  # we name checkpoints by epoch ourselves
-        project_kwargs.pop("total_limit", None)
-        self.project_dir = os.path.abspath(project_dir)
-        self.checkpoint_dir = os.path.join(self.project_dir, "checkpoints")
-        accelerator_kwargs = dict(config.accelerator_kwargs)
-        if "cpu" not in accelerator_kwargs and cpu_only_multiprocess():
-            # accelerate runs torchrun-launched CPU ranks as independent single processes unless told cpu=True
-            accelerator_kwargs["cpu"] = True
-        self.accelerator = Accelerator(
-            log_with=config.log_with,
-            mixed_precision=config.mixed_precision,
-            project_config=ProjectConfiguration(project_dir=self.project_dir, **project_kwargs),
-            **accelerator_kwargs,
-        )
-        if self.accelerator.is_main_process:
-            # every folder the run writes is checked before the first epoch, so that no run ends with nowhere to save
-            check_writable_folder(self.checkpoint_dir, "logdir (or project_kwargs['project_dir'])", create=True)
-            if config.output_dir:
-                check_writable_folder(config.output_dir, "output_dir")
-            if config.project_kwargs.get("logging_dir"):
-                check_writable_folder(config.project_kwargs["logging_dir"], "project_kwargs['logging_dir']")
-        if self.accelerator.is_main_process and config.log_with is not None:
-            self.accelerator.init_trackers(
-                config.tracker_project_name, config=self._tracker_config(), init_kwargs=config.tracker_kwargs
-            )
-        logger.info("config: %s", config.to_dict())
-        set_seed(config.seed, device_specific=True)
-        precision = self.accelerator.mixed_precision
-        self.inference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
     def _setup_model(self):
         config, pipe, device = self.config, self.sd_pipeline, self.accelerator.device
@@ -639,13 +591,6 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
         self.first_epoch = int(state["epoch"]) + 1
         self.global_step = int(state["global_step"])
         self.resumed_from = path
-
-
-def cpu_only_multiprocess() -> bool:
-    """True when launched as several processes (torchrun, accelerate, MPI) on a machine without a GPU/XPU."""
-    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
-    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
-    return world > 1 and not torch.cuda.is_available() and not has_xpu
 
 
 _cpu_only_multiprocess = cpu_only_multiprocess  # the name the CLI imported before it was public

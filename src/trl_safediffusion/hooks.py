@@ -52,7 +52,7 @@ class ImageGridHook:
 
     def build_grid(self, prompt_image_data):
         """The captioned grid (PIL image) of the first `max_images` samples."""
-        from .evaluation.grid import captioned_grid
+        from .image_grid import captioned_grid
 
         images, captions = [], []
         for entry in prompt_image_data:

@@ -1,17 +1,60 @@
-"""Run tracking of a trainer: the log history and trackers, the one-line epoch summary, the interrupt message."""
+"""Run tracking of a trainer: the Accelerator with its project folder and trackers, the log history, the one-line
+epoch summary, the interrupt message."""
 
 from __future__ import annotations
 
 import logging
+import os
 
-from .checkpointing import list_checkpoints
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+
+from .checkpointing import check_writable_folder, list_checkpoints
 from .reward_stats import epoch_summary
 
 logger = logging.getLogger(__name__)
 
 
 class TrackingMixin:
-    """Logging for a trainer with `config`, `accelerator`, `log_history` and `checkpoint_dir`."""
+    """The run of a trainer with `config` and `log_history`: sets `accelerator`, `project_dir`, `checkpoint_dir` and
+    `inference_dtype`."""
+
+    def _setup_accelerator(self):
+        config = self.config
+        project_kwargs = dict(config.project_kwargs)
+        project_dir = project_kwargs.pop("project_dir", None) or os.path.join(
+            config.logdir, config.run_name or config.exp_name
+        )
+        project_kwargs.pop("automatic_checkpoint_naming", None)  # we name checkpoints by epoch ourselves
+        project_kwargs.pop("total_limit", None)
+        self.project_dir = os.path.abspath(project_dir)
+        self.checkpoint_dir = os.path.join(self.project_dir, "checkpoints")
+        accelerator_kwargs = dict(config.accelerator_kwargs)
+        if "cpu" not in accelerator_kwargs and cpu_only_multiprocess():
+            # accelerate runs torchrun-launched CPU ranks as independent single processes unless told cpu=True
+            accelerator_kwargs["cpu"] = True
+        self.accelerator = Accelerator(
+            log_with=config.log_with,
+            mixed_precision=config.mixed_precision,
+            project_config=ProjectConfiguration(project_dir=self.project_dir, **project_kwargs),
+            **accelerator_kwargs,
+        )
+        if self.accelerator.is_main_process:
+            # every folder the run writes is checked before the first epoch, so that no run ends with nowhere to save
+            check_writable_folder(self.checkpoint_dir, "logdir (or project_kwargs['project_dir'])", create=True)
+            if config.output_dir:
+                check_writable_folder(config.output_dir, "output_dir")
+            if config.project_kwargs.get("logging_dir"):
+                check_writable_folder(config.project_kwargs["logging_dir"], "project_kwargs['logging_dir']")
+        if self.accelerator.is_main_process and config.log_with is not None:
+            self.accelerator.init_trackers(
+                config.tracker_project_name, config=self._tracker_config(), init_kwargs=config.tracker_kwargs
+            )
+        logger.info("config: %s", config.to_dict())
+        set_seed(config.seed, device_specific=True)
+        precision = self.accelerator.mixed_precision
+        self.inference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
     def _tracker_config(self) -> dict:
         out = {}
@@ -61,3 +104,10 @@ class TrackingMixin:
         for tracker in self.accelerator.trackers:
             tracker.finish()
         self.accelerator.trackers = []
+
+
+def cpu_only_multiprocess() -> bool:
+    """True when launched as several processes (torchrun, accelerate, MPI) on a machine without a GPU/XPU."""
+    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    return world > 1 and not torch.cuda.is_available() and not has_xpu

@@ -6,10 +6,10 @@ The toy world's metric and prompt sets live in `trl_safediffusion.toy` (`toy.met
 use, so that importing `trl_safediffusion.evaluation` does not import the toy world.
 """
 
+from ..image_grid import captioned_grid
 from .clip_metrics import CLIPMetrics
 from .evaluate import EvaluationResult, evaluate, flatten_scalars, inappropriate_summary, library_versions
 from .generate import GenerationBatch, generate_images, image_seeds, iter_generate, load_pipeline
-from .grid import captioned_grid
 from .nudenet import (
     DEFAULT_NUDENET_THRESHOLD,
     EIGHT_CLASS_NUDENET_CLASSES,

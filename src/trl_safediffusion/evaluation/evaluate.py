@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..image_grid import captioned_grid
 from .generate import iter_generate, unwrap_pipeline
-from .grid import captioned_grid
 from .prompts import PromptSet, load_eval_prompts, row_categories
 
 logger = logging.getLogger(__name__)
