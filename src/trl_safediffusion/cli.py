@@ -207,10 +207,12 @@ def _eval_groups():
 
 
 def _parser(command: str, groups, description: str, exit_on_error: bool = False) -> SafeDiffusionParser:
+    """The parser of `command`; with `exit_on_error` (a script's), it is named after the script and a mistake is one
+    line `script.py: error: ...` and exit code 2, else `CLIError`."""
     parser = SafeDiffusionParser(
         [cls for _, cls in groups], group_titles={cls: title for title, cls in groups}, raise_errors=not exit_on_error,
-        prog=f"{PROG} {command}", description=description,
-        usage=f"{PROG} {command} [--config FILE.yaml] [--field VALUE ...]",
+        prog=None if exit_on_error else f"{PROG} {command}", description=description,
+        usage="%(prog)s [--config FILE.yaml] [--field VALUE ...]",
     )
     parser.add_argument("--log_level", "--log-level", metavar="LEVEL",
                         help=f"Console log level: {', '.join(LOG_LEVELS)} (default: warning; debug also shows the "
@@ -223,8 +225,8 @@ def parse_train_args(argv: list[str] | None = None, exit_on_error: bool = False)
 
     Args:
         argv (`list[str]`, *optional*): the arguments (default: `sys.argv[1:]`).
-        exit_on_error (`bool`, *optional*, defaults to `False`): print a mistake as one line and exit with code 2
-            (scripts) instead of raising `CLIError`.
+        exit_on_error (`bool`, *optional*, defaults to `False`): for scripts: print a mistake as one line
+            (`script.py: error: ...`) and exit with code 2 instead of raising `CLIError`.
 
     Returns:
         `tuple`: (`SafeDDPOGRPOConfig`, `ModelArguments`, `DataArguments`, `RewardArguments`, `OutputArguments`).
