@@ -14,9 +14,15 @@ import sys
 import typing
 
 from trl_safediffusion.argparsing import default_text, type_name
-from trl_safediffusion.cli import DataArguments, EvalArguments, ModelArguments, OutputArguments, RewardArguments
 from trl_safediffusion.ddpo_config import DDPOConfig
 from trl_safediffusion.grpo_config import SafeDDPOGRPOConfig
+from trl_safediffusion.script_args import (
+    DataArguments,
+    EvalArguments,
+    ModelArguments,
+    OutputArguments,
+    RewardArguments,
+)
 
 DOC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "configuration.md")
 
