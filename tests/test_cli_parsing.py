@@ -1,3 +1,5 @@
+from dataclasses import dataclass, field
+
 import pytest
 
 from trl_safediffusion.cli import CLIError, convert_value, main, parse_eval_args, parse_train_args
@@ -144,7 +146,7 @@ def test_env_block_sets_environment_variables_before_the_fields(tmp_path, monkey
     config, *_ = parse_train_args(["--config", path])
     import os
 
-    assert os.environ["TRLSD_TEST_TOKENIZERS"] == "false" and os.environ["TRLSD_TEST_NUMBER"] == "3"
+    assert os.environ["TRLSD_TEST_TOKENIZERS"] == "False" and os.environ["TRLSD_TEST_NUMBER"] == "3"  # as TrlParser
     assert config.num_generations == 8
     bad = write(tmp_path, "env: [A, B]\n", name="bad.yaml")
     with pytest.raises(CLIError, match=r"env: expected a mapping .*\(from .*bad.yaml\)"):
@@ -189,3 +191,22 @@ def test_the_parser_is_a_trl_parser():
     assert parser.set_defaults_with_config(lora_rank=2, nothing=1) == ["--nothing", "1"]
     (model,) = parser.parse_args_and_config([])
     assert model.lora_rank == 2
+
+
+@dataclass
+class _ReadsEnv:
+    level: str = field(default="", metadata={"help": "Copied from TRLSD_TEST_LEVEL when built."})
+
+    def __post_init__(self):
+        import os
+
+        self.level = os.environ.get("TRLSD_TEST_LEVEL", "")
+
+
+def test_env_block_is_set_before_the_dataclasses_are_built(tmp_path, monkeypatch):
+    from trl_safediffusion.argparsing import SafeDiffusionParser
+
+    monkeypatch.delenv("TRLSD_TEST_LEVEL", raising=False)
+    path = write(tmp_path, "env:\n  TRLSD_TEST_LEVEL: high\n")
+    (args,) = SafeDiffusionParser([_ReadsEnv], raise_errors=True).parse_args_and_config(["--config", path])
+    assert args.level == "high"

@@ -215,7 +215,7 @@ def apply_env_block(env: Any, source: str) -> None:
     for key, value in env.items():
         if isinstance(value, (dict, list)):
             raise CLIError(f"env: {key} must be a single value, got {value!r} (from {source})")
-        os.environ[str(key)] = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        os.environ[str(key)] = str(value)  # as trl.TrlParser: `false` becomes "False"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
