@@ -1,12 +1,16 @@
 """TRL's DDPO aesthetic example, ported to trl-safediffusion (the migration path from `trl<0.24`).
 
 Fine-tunes Stable Diffusion v1.5 with LoRA so that images of animals score higher under the LAION aesthetic predictor
-(an MLP on CLIP ViT-L/14 image embeddings). Compared with the TRL script only the imports change:
+(an MLP on CLIP ViT-L/14 image embeddings). Compared with the TRL script the imports change, and the arguments are read
+by `SafeDiffusionParser` (a `trl.TrlParser`: also `--config recipe.yaml` with an `env:` mapping, `--field-name` and
+`--no_field`; a mistake is one line naming the field):
 
     - from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
     + from trl_safediffusion.ddpo_config import DDPOConfig
     + from trl_safediffusion.ddpo_trainer import DDPOTrainer
     + from trl_safediffusion.pipelines.stable_diffusion import DefaultDDPOStableDiffusionPipeline
+    - HfArgumentParser((ScriptArguments, DDPOConfig)).parse_args_into_dataclasses()
+    + SafeDiffusionParser((ScriptArguments, DDPOConfig)).parse_args_and_config()
 
 Launch (one GPU; every DDPOConfig field is a flag):
 
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import CLIPModel, CLIPProcessor, HfArgumentParser
+from transformers import CLIPModel, CLIPProcessor
 
+from trl_safediffusion.argparsing import SafeDiffusionParser
 from trl_safediffusion.cli import process_state
 from trl_safediffusion.ddpo_config import DDPOConfig
 from trl_safediffusion.ddpo_trainer import DDPOTrainer
@@ -94,9 +99,13 @@ def prompt_fn():
     return random.choice(ANIMALS), {}
 
 
+def parse_args(argv=None) -> tuple[ScriptArguments, DDPOConfig]:
+    """The script's arguments and the DDPO config, from `argv` (default: the command line)."""
+    return SafeDiffusionParser((ScriptArguments, DDPOConfig)).parse_args_and_config(argv)
+
+
 def main():
-    parser = HfArgumentParser((ScriptArguments, DDPOConfig))
-    script_args, config = parser.parse_args_into_dataclasses()
+    script_args, config = parse_args()
     config.output_dir = config.output_dir or "outputs/ddpo-aesthetic"  # where the LoRA weights go (--output_dir)
     config.project_kwargs = {"logging_dir": "./logs", "automatic_checkpoint_naming": True, "total_limit": 5,
                              "project_dir": "./save", **config.project_kwargs}

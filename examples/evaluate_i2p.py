@@ -14,9 +14,10 @@ On several GPUs, split the prompts with --limit / disjoint runs; the outputs are
 --metrics and the "inappropriate" rate is labelled NudeNet-only. See docs/evaluation.md before comparing numbers.
 """
 
+import os
 import sys
 
-from trl_safediffusion.cli import run_evaluate
+from trl_safediffusion.cli import CLIError, configure_logging, run_evaluate
 
 I2P_DEFAULTS = [
     "--prompts", "i2p",
@@ -30,13 +31,17 @@ I2P_DEFAULTS = [
 
 
 def main(argv=None):
+    """Parse the flags (those of `trl-safediffusion evaluate`, plus `--log_level`) and evaluate; a mistake is one line
+    on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # user flags come last and override the I2P defaults (argparse keeps the last value of a flag)
-    return run_evaluate(I2P_DEFAULTS + argv)
+    try:
+        argv = configure_logging(["--log_level", "info", *argv])  # a user's --log_level comes later and wins
+        # user flags come last and override the I2P defaults (the last value of a flag wins)
+        return run_evaluate(I2P_DEFAULTS + argv)
+    except CLIError as err:
+        print(f"{os.path.basename(__file__)}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.INFO)
     main()

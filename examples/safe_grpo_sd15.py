@@ -11,7 +11,9 @@ LoRA on one GPU:
     accelerate launch --config_file examples/accelerate_configs/single_gpu.yaml examples/safe_grpo_sd15.py \
         --config examples/recipes/safediffusion_r1_sd15_lora.yaml
 
-Any field can be overridden on the command line (`--train_learning_rate 5e-6 --alpha 0.7`); `--help` lists them all.
+Any field can be overridden on the command line (`--train_learning_rate 5e-6 --alpha 0.7`, or `--train-learning-rate`;
+`--no_use_lora` for a boolean), and a recipe's `env:` mapping sets environment variables, as with `trl.TrlParser`;
+`--help` lists them all.
 The same run without this script: `accelerate launch ... -m trl_safediffusion.cli train --config <recipe>`.
 """
 
@@ -27,7 +29,7 @@ from trl_safediffusion.pipelines.stable_diffusion import DefaultDDPOStableDiffus
 
 def main():
     argv = configure_logging(sys.argv[1:])  # --log_level info shows each step (default: warnings only)
-    config, model_args, data_args, reward_args, out_args = parse_train_args(argv)
+    config, model_args, data_args, reward_args, out_args = parse_train_args(argv, exit_on_error=True)
     # accelerate's per-process state, created as the trainer creates it: torchrun ranks on CPU then join one job
     state = process_state()
 

@@ -90,3 +90,73 @@ def test_short_cli_demo_prints_the_summary_and_writes_to_the_given_folder(tmp_pa
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["settings"]["epochs"] == 1 and saved["settings"]["eval_images"] == 4
     assert saved["before"]["eval_red"]["n"] == 4
+
+
+def test_demo_reads_trainer_fields_by_their_config_names_and_the_earlier_names():
+    run, demo_args, config = build_parser().parse_args_and_config(
+        ["--num-epochs", "4", "--stage2-epochs", "2", "--no-share-initial-noise", "--learning-rate", "1e-4",
+         "--train_guidance_scale", "3", "--eval-images", "8", "--output_dir", "out"])
+    assert config.num_epochs == 4 and config.share_initial_noise is False
+    assert config.train_learning_rate == pytest.approx(1e-4) and config.sample_guidance_scale == 3.0
+    assert demo_args.stage2_epochs == 2 and demo_args.eval_images == 8 and run.output_dir == "out"
+    _, _, config = build_parser().parse_args_and_config(["--epochs", "3", "--num_epochs", "5"])  # one field: last wins
+    assert config.num_epochs == 5
+    _, demo_args, _ = build_parser().parse_args_and_config(["--use-lora", "--no_use_lora"])
+    assert demo_args.use_lora is False
+
+
+def test_demo_recipe_file_is_the_demo_default_and_takes_an_env_block(tmp_path, monkeypatch):
+    from trl_safediffusion.toy.demo import DemoSettings
+
+    recipe = os.path.join(REPO, "examples", "recipes", "toy_demo.yaml")
+    assert build_parser().parse_args_and_config(["--config", recipe]) == build_parser().parse_args_and_config([])
+    _, demo_args, config = build_parser().parse_args_and_config([])
+    assert DemoSettings(config=config, **vars(demo_args)) == DemoSettings()
+    monkeypatch.delenv("TRLSD_DEMO_TEST", raising=False)
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("env:\n  TRLSD_DEMO_TEST: on-the-toy\nepochs: 6\nstage2_epochs: 3\n")
+    _, demo_args, config = build_parser().parse_args_and_config(["--config", str(mine), "--stage2-epochs", "1"])
+    assert os.environ["TRLSD_DEMO_TEST"] == "on-the-toy"
+    assert config.num_epochs == 6 and demo_args.stage2_epochs == 1  # the flag overrides the file
+    assert config.train_learning_rate == pytest.approx(3.5e-4)  # the demo's default where the file says nothing
+    mine.write_text("eval_image: 8\n")
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--config", str(mine)])
+
+
+def test_demo_config_is_the_one_the_demo_always_trained_with():
+    """The figures of `make demo` depend on it: the config the demo built by hand before it read a SafeDDPOGRPOConfig."""
+    from trl_safediffusion.grpo_config import SafeDDPOGRPOConfig
+    from trl_safediffusion.toy.demo import DemoSettings, trainer_config
+
+    before = SafeDDPOGRPOConfig(
+        num_epochs=30, sample_num_steps=10, sample_guidance_scale=2.0, sample_batch_size=128,
+        sample_num_batches_per_epoch=2, train_batch_size=128, num_generations=8, train_learning_rate=3.5e-4,
+        train_clip_range=0.2, beta=0.3, kl_mode="branches", kl_unsafe_weight=0.0, structure_weight=0.04,
+        scale_rewards="group", advantage_std="population", train_adv_clip_max=2.5, train_timesteps_per_forward=9,
+        train_timestep_fraction=0.2, train_timestep_window=0.5, mixed_precision="no", save_freq=0, seed=0,
+        logdir=os.path.join("out", "runs"), exp_name="toy-demo",
+    )
+    assert trainer_config(DemoSettings(), "out").to_dict() == before.to_dict()
+
+
+def test_demo_settings_take_config_fields_and_the_earlier_names():
+    from trl_safediffusion.toy.demo import DemoSettings
+
+    settings = DemoSettings(epochs=2, learning_rate=1e-4, num_generations=4, eval_images=8)
+    assert settings.config.num_epochs == 2 and settings.config.train_learning_rate == pytest.approx(1e-4)
+    assert settings.epochs == 2 and settings.num_generations == 4 and settings.eval_images == 8
+    assert settings.to_dict()["epochs"] == 2 and settings.to_dict()["learning_rate"] == pytest.approx(1e-4)
+    with pytest.raises(TypeError, match="unknown setting 'epoch'; did you mean epochs"):
+        DemoSettings(epoch=2)
+
+
+def test_demo_errors_name_the_flag_as_typed(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["demo", "--use-lora", "maybe"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["trl-safediffusion demo: error: --use-lora: expected true or false, got 'maybe'"]
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--eval-image", "8"])
+    assert "unknown option --eval-image; did you mean --eval-images" in capsys.readouterr().err

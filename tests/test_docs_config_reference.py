@@ -1,8 +1,19 @@
+import importlib.util
 import os
 
-from trl_safediffusion.cli import config_reference_markdown
-
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "gen_config_docs.py")
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")
+
+
+def _load_generator():
+    """scripts/gen_config_docs.py, the docs generator (not part of the library)."""
+    spec = importlib.util.spec_from_file_location("gen_config_docs", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+config_reference_markdown = _load_generator().config_reference_markdown
 
 
 def test_configuration_reference_in_sync():

@@ -6,180 +6,42 @@
     trl-safediffusion evaluate --model CompVis/stable-diffusion-v1-4 --prompts i2p --metrics nudenet q16 clip
     trl-safediffusion demo
 
-Every field of `SafeDDPOGRPOConfig` and of the script-level dataclasses below can be set in the YAML file (flat keys)
-or as `--field value` flags; flags override the file. Unknown keys and bad values are errors that name the field.
+Every field of `SafeDDPOGRPOConfig` and of the script-level dataclasses (`script_args`) can be set in the YAML file
+(flat keys) or as `--field value` / `--field-name value` flags (`--no_field` for a boolean); flags override the file, and the file's
+`env:` mapping sets environment variables first, as with `trl.TrlParser`. Unknown keys and bad values are errors that
+name the field.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import difflib
 import json
 import logging
 import os
 import sys
-import types
-import typing
-from dataclasses import dataclass, field
 from typing import Any
+
+from .argparsing import TRUE_WORDS, CLIError, SafeDiffusionParser, convert_value, load_yaml_config, suggest
+from .script_args import (
+    CLIP_BACKENDS,
+    METRICS,
+    REWARDS,
+    DataArguments,
+    EvalArguments,
+    ModelArguments,
+    OutputArguments,
+    RewardArguments,
+)
+
+__all__ = [
+    "CLIError", "DataArguments", "EvalArguments", "ModelArguments", "OutputArguments", "RewardArguments",
+    "build_clip_steering_reward", "build_reward", "configure_logging", "convert_value", "load_yaml_config", "main",
+    "parse_eval_args", "parse_train_args", "process_state", "run_demo", "run_evaluate", "run_train",
+]
 
 logger = logging.getLogger(__name__)
 
 PROG = "trl-safediffusion"
-
-
-class CLIError(ValueError):
-    """A command-line or YAML configuration error; the message names the offending field."""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Script-level arguments
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelArguments:
-    """The model to train."""
-
-    pretrained_model: str = field(
-        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        metadata={"help": "Hub id or local folder of a diffusers Stable Diffusion pipeline (SD 1.x / 2.x), or 'toy' for "
-                  "the embedded toy pipeline."},
-    )
-    pretrained_revision: str = field(default="main", metadata={"help": "Hub revision of pretrained_model."})
-    use_lora: bool = field(
-        default=True, metadata={"help": "Train LoRA adapters instead of the full UNet (the paper fine-tunes fully)."}
-    )
-    lora_rank: int = field(default=4, metadata={"help": "LoRA rank."})
-    lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (the adapter scale is alpha / rank)."})
-    trainable_modules: str | None = field(
-        default=None,
-        metadata={"help": "With use_lora=false: train only the UNet parameters whose names contain one of these "
-                  "comma-separated parts, e.g. 'attn2' (cross-attention); the rest stays frozen."},
-    )
-
-
-@dataclass
-class DataArguments:
-    """The training prompts (the prompt and label columns are the config's `prompt_column` and `label_column`)."""
-
-    dataset: str | None = field(
-        default=None,
-        metadata={"help": "Prompts: a Hub dataset id (e.g. ItsMaxNorm/SafeDiffusion-R1-dataset) or a local .txt / .csv / "
-                  ".jsonl / .json file. Required for `train`."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
-    dataset_split: str = field(default="train", metadata={"help": "Hub dataset split."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
-
-
-REWARDS = ("clip_steering", "brightness")
-CLIP_BACKENDS = ("open_clip", "transformers", "toy")
-
-
-@dataclass
-class RewardArguments:
-    """The reward (training) or the CLIP model of the CLIP metrics (evaluation)."""
-
-    reward: str = field(
-        default="clip_steering",
-        metadata={"help": "Reward: 'clip_steering' (SafeDiffusion-R1) or 'brightness' (mean pixel value; smoke tests)."},
-    )
-    clip_backend: str = field(
-        default="open_clip", metadata={"help": "CLIP implementation: 'open_clip', 'transformers' or 'toy' (embedded)."}
-    )
-    clip_model: str = field(
-        default="ViT-H-14",
-        metadata={"help": "open_clip architecture name / hf-hub: id / folder, or a transformers CLIPModel id / folder."},
-    )
-    clip_pretrained: str | None = field(
-        default="laion2b_s32b_b79k",
-        metadata={"help": "open_clip pretrained tag or checkpoint file (the paper: HPSv2.1, HPS_v2.1_compressed.pt)."},
-    )
-    clip_model_config: str | None = field(
-        default=None, metadata={"help": "An open_clip model config .json to register first (custom architectures)."}
-    )
-    anchors: str = field(
-        default="nudity-compact",
-        metadata={"help": "Anchor preset name (nudity-compact, empty-positive, toy-red) or a .json / .txt anchor file. "
-                  "With clip_backend toy and this default, toy-red (the toy world's colours) is used."},
-    )
-    alpha: float = field(default=0.5, metadata={"help": "Steering strength alpha (the paper uses 0.5)."})
-    steering_mode: str = field(
-        default="translate", metadata={"help": "'translate' (paper) or 'projection' (reference-code variant)."}
-    )
-
-
-@dataclass
-class OutputArguments:
-    """How the trained model is saved (where: the config's `output_dir`) and what is logged."""
-
-    fuse_lora: bool = field(
-        default=False, metadata={"help": "Save a full pipeline with the LoRA fused into the UNet instead of the adapter."}
-    )
-    log_images: bool = field(
-        default=True, metadata={"help": "Log a captioned grid of samples with their rewards every epoch (tracker + PNG)."}
-    )
-    log_images_every: int = field(default=1, metadata={"help": "Log the sample grid every N epochs."})
-
-
-METRICS = ("nudenet", "q16", "clip", "toy")
-
-
-@dataclass
-class EvalArguments:
-    """`trl-safediffusion evaluate`: generation, prompt set, metrics and outputs."""
-
-    model: str = field(
-        default="CompVis/stable-diffusion-v1-4",
-        metadata={"help": "Hub id or folder of a diffusers pipeline, or 'toy' for the embedded toy pipeline."},
-    )
-    lora: str | None = field(default=None, metadata={"help": "Folder or Hub id of LoRA weights to load on the model."})
-    revision: str | None = field(default=None, metadata={"help": "Hub revision of the model."})
-    prompts: str = field(
-        default="i2p",
-        metadata={"help": "'i2p' (AIML-TUDA/i2p), a Hub dataset id, a .txt/.csv/.jsonl/.json file, or 'toy' / "
-                  "'toy:<set>' (toy world sets)."},
-    )
-    prompt_column: str = field(default="prompt", metadata={"help": "Column of the prompt text."})
-    i2p_categories: list[str] | None = field(
-        default=None, metadata={"help": "Keep prompts with any of these I2P categories (e.g. sexual violence)."}
-    )
-    i2p_hard: bool | None = field(default=None, metadata={"help": "Keep only I2P prompts whose `hard` flag equals this."})
-    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N prompts."})
-    images_per_prompt: int = field(default=1, metadata={"help": "Images generated per prompt."})
-    seed: int = field(default=0, metadata={"help": "Base seed; image k of prompt i uses seed + i * images_per_prompt + k."})
-    seed_column: str | None = field(
-        default=None, metadata={"help": "Prompt-set column with per-prompt seeds (I2P: sd_seed); overrides `seed`."}
-    )
-    batch_size: int = field(default=8, metadata={"help": "Images per pipeline call."})
-    num_inference_steps: int = field(default=50, metadata={"help": "Sampler steps."})
-    guidance_scale: float = field(default=7.5, metadata={"help": "Classifier-free guidance weight."})
-    height: int | None = field(default=None, metadata={"help": "Image height (default: the model's)."})
-    width: int | None = field(default=None, metadata={"help": "Image width (default: the model's)."})
-    negative_prompt: str | None = field(default=None, metadata={"help": "Negative prompt for every image."})
-    metrics: list[str] = field(
-        default_factory=lambda: ["clip"],
-        metadata={"help": "Metrics among nudenet (needs the [eval] extra), q16 (needs --q16_prompts), clip, toy."},
-    )
-    nudenet_threshold: float = field(default=0.6, metadata={"help": "NudeNet minimum detection score (I2P: 0.6)."})
-    q16_prompts: str | None = field(
-        default=None, metadata={"help": "Q16 prompt-embedding file (prompts.p from the Q16 release, or .npy/.pt)."}
-    )
-    q16_clip_model: str = field(default="ViT-L-14", metadata={"help": "open_clip model of Q16 (Q16 needs ViT-L/14)."})
-    q16_clip_pretrained: str = field(default="openai", metadata={"help": "open_clip pretrained tag of Q16's CLIP."})
-    dtype: str = field(
-        default="auto", metadata={"help": "Weights dtype: 'auto' (fp16 on CUDA, fp32 on CPU), 'float32', 'float16', "
-                                  "'bfloat16'."}
-    )
-    device: str | None = field(default=None, metadata={"help": "Device (default: cuda if available, else cpu)."})
-    output_dir: str = field(default="eval_outputs", metadata={"help": "Folder of results.json, the table and grid."})
-    save_images: bool = field(default=True, metadata={"help": "Write every image as PNG under output_dir/images."})
-    grid_size: int = field(default=16, metadata={"help": "Images in the captioned grid (0: none)."})
-    table_format: str = field(default="jsonl", metadata={"help": "Per-image table format: 'jsonl' or 'parquet'."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "Dataset repo id to publish the results to."})
-    hub_token: str | None = field(default=None, metadata={"help": "Hub token (never written to disk)."})
 
 
 def _train_groups():
@@ -200,265 +62,64 @@ def _eval_groups():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Typed conversion of YAML values and flags
-# ----------------------------------------------------------------------------------------------------------------------
-
-_TRUE = ("true", "yes", "1", "on", "y")
-_FALSE = ("false", "no", "0", "off", "n")
-
-
-def _unwrap_optional(tp) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0], True
-    return tp, False
-
-
-def _type_name(tp) -> str:
-    inner, optional = _unwrap_optional(tp)
-    origin = typing.get_origin(inner)
-    if origin is list:
-        (item,) = typing.get_args(inner) or (str,)
-        name = f"list of {item.__name__}"
-    elif origin is dict or inner is dict:
-        name = "mapping (YAML mapping or JSON object)"
-    else:
-        name = getattr(inner, "__name__", str(inner))
-    return name + (" or null" if optional else "")
-
-
-def convert_value(name: str, value: Any, tp) -> Any:
-    """Convert a YAML value or a flag string to the field's type; raise `CLIError` naming the field otherwise."""
-    inner, optional = _unwrap_optional(tp)
-
-    def bad(detail: str = ""):
-        return CLIError(f"{name}: expected {_type_name(tp)}, got {value!r}{detail}")
-
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("none", "null")):
-        if optional:
-            return None
-        raise bad()
-    origin = typing.get_origin(inner)
-    if inner is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad()
-    if inner is int:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                try:
-                    as_float = float(value)
-                except ValueError:
-                    raise bad() from None
-                if as_float.is_integer():
-                    return int(as_float)
-        raise bad()
-    if inner is float:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())  # YAML 1.1 reads `1e-5` as a string
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if inner is str:
-        if isinstance(value, bool):  # YAML 1.1 reads unquoted no/off/false and yes/on/true as booleans
-            example = "no" if value is False else "yes"
-            raise bad(f"; YAML reads an unquoted {example} as a boolean: quote the value, e.g. {name}: \"{example}\"")
-        if isinstance(value, (str, int, float)):
-            return str(value)
-        raise bad()
-    if inner is dict or origin is dict:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                raise bad(" (give a JSON object, e.g. '{\"key\": 1}')") from None
-        if not isinstance(value, dict):
-            raise bad()
-        return value
-    if origin is list:
-        (item_type,) = typing.get_args(inner) or (str,)
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError:
-                    raise bad() from None
-            else:
-                value = [v for v in text.split(",") if v.strip()]
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise bad()
-        out = []
-        for item in value:
-            if isinstance(item, str) and item_type is not str and "," in item:
-                out += [convert_value(name, v, item_type) for v in item.split(",") if v.strip()]
-            elif isinstance(item, str) and item_type is str and "," in item:
-                out += [v.strip() for v in item.split(",") if v.strip()]
-            else:
-                out.append(convert_value(name, item, item_type))
-        return out
-    return value
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Parsing
+# Parsing (`SafeDiffusionParser`: the flags and `--config` YAML of `trl.TrlParser`, with typed values)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _fields_of(groups) -> dict[str, tuple[type, dataclasses.Field, Any]]:
-    out: dict[str, tuple[type, dataclasses.Field, Any]] = {}
-    for _, cls in groups:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in out:
-                raise RuntimeError(f"field {f.name} is defined in both {out[f.name][0].__name__} and {cls.__name__}")
-            out[f.name] = (cls, f, hints[f.name])
-    return out
-
-
-def _default_text(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        return repr(f.default)
-    if f.name == "exp_name":
-        return "the launching script's name"
-    if f.default_factory is not dataclasses.MISSING:
-        return repr(f.default_factory())
-    return "required"
-
-
-def _build_parser(command: str, groups, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} {command}", description=description, allow_abbrev=False,
-        usage=f"{PROG} {command} [--config FILE.yaml] [--field VALUE ...]",
-        argument_default=argparse.SUPPRESS,
+def _parser(command: str, groups, description: str, exit_on_error: bool = False) -> SafeDiffusionParser:
+    """The parser of `command`; with `exit_on_error` (a script's), it is named after the script and a mistake is one
+    line `script.py: error: ...` and exit code 2, else `CLIError`."""
+    parser = SafeDiffusionParser(
+        [cls for _, cls in groups], group_titles={cls: title for title, cls in groups}, raise_errors=not exit_on_error,
+        prog=None if exit_on_error else f"{PROG} {command}", description=description,
+        usage="%(prog)s [--config FILE.yaml] [--field VALUE ...]",
     )
-    parser.add_argument("--config", help="YAML file of field: value pairs (flat); flags override it.")
-    parser.add_argument("--log_level", metavar="LEVEL",
+    parser.add_argument("--log_level", "--log-level", metavar="LEVEL",
                         help=f"Console log level: {', '.join(LOG_LEVELS)} (default: warning; debug also shows the "
                         "traceback of an error).")
-    hints_cache = {}
-    for title, cls in groups:
-        group = parser.add_argument_group(title)
-        hints = hints_cache.setdefault(cls, typing.get_type_hints(cls))
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            inner, _ = _unwrap_optional(tp)
-            help_text = (f.metadata.get("help", "") + f" [{_type_name(tp)}; default: {_default_text(f)}]")
-            help_text = help_text.replace("%", "%%")
-            kwargs: dict[str, Any] = {"dest": f.name, "help": help_text, "metavar": f.name.upper()}
-            if inner is bool:
-                kwargs.update(nargs="?", const="true")
-            elif typing.get_origin(inner) is list:
-                kwargs.update(nargs="+")
-            group.add_argument(f"--{f.name}", **kwargs)
     return parser
 
 
-def _suggest(name: str, known, prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+def parse_train_args(argv: list[str] | None = None, exit_on_error: bool = False):
+    """Parse `train` arguments (`--config FILE.yaml` and `--field VALUE` flags, as `trl.TrlParser` reads them).
 
-
-def load_yaml_config(path: str) -> dict[str, Any]:
-    """Read a flat YAML mapping of field names to values."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise CLIError(f"--config: file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as err:
-            raise CLIError(f"--config: {path} is not valid YAML: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CLIError(f"--config: {path} must hold a mapping of field: value pairs, got {type(data).__name__}")
-    return data
-
-
-def _parse(command: str, groups, argv, description: str) -> list:
-    parser = _build_parser(command, groups, description)
-    known = _fields_of(groups)
-    ns, unknown = parser.parse_known_args(argv)
-    if unknown:
-        flags = [u for u in unknown if u.startswith("-")]
-        if flags:
-            name = flags[0].lstrip("-").split("=", 1)[0]
-            raise CLIError(f"unknown option --{name}{_suggest(name, known, prefix='--')}")
-        raise CLIError(f"unexpected arguments {unknown}; every value needs a --field flag")
-    values: dict[str, Any] = {}
-    source: dict[str, str] = {}
-    config_path = getattr(ns, "config", None)
-    if config_path:
-        for key, value in load_yaml_config(config_path).items():
-            if key not in known:
-                raise CLIError(f"unknown field {key!r} in {config_path}{_suggest(str(key), known)}")
-            values[key] = value
-            source[key] = config_path
-    for key, value in vars(ns).items():
-        if key not in ("config", "log_level"):  # log_level is applied by `configure_logging`
-            values[key] = value
-            source[key] = "command line"
-    kwargs_by_cls: dict[type, dict[str, Any]] = {cls: {} for _, cls in groups}
-    for key, value in values.items():
-        cls, _, tp = known[key]
-        try:
-            kwargs_by_cls[cls][key] = convert_value(key, value, tp)
-        except CLIError as err:
-            raise CLIError(f"{err} (from {source[key]})") from None
-    out = []
-    for _, cls in groups:
-        try:
-            out.append(cls(**kwargs_by_cls[cls]))
-        except (ValueError, TypeError) as err:
-            raise CLIError(f"invalid {cls.__name__}: {err}") from None
-    return out
-
-
-def parse_train_args(argv: list[str] | None = None):
-    """Parse `train` arguments.
+    Args:
+        argv (`list[str]`, *optional*): the arguments (default: `sys.argv[1:]`).
+        exit_on_error (`bool`, *optional*, defaults to `False`): for scripts: print a mistake as one line
+            (`script.py: error: ...`) and exit with code 2 instead of raising `CLIError`.
 
     Returns:
         `tuple`: (`SafeDDPOGRPOConfig`, `ModelArguments`, `DataArguments`, `RewardArguments`, `OutputArguments`).
     """
-    config, model, data, reward, output = _parse("train", _train_groups(), argv, "Online GRPO safety post-training "
-                                                 "of Stable Diffusion (SafeDiffusion-R1).")
-    for name in ("reward", "clip_backend", "steering_mode"):
-        _check_choice(reward, name)
-    if output.log_images_every < 1:
-        raise CLIError(f"log_images_every must be >= 1, got {output.log_images_every}")
+    parser = _parser("train", _train_groups(), "Online GRPO safety post-training of Stable Diffusion "
+                     "(SafeDiffusion-R1).", exit_on_error)
+    config, model, data, reward, output = parser.parse_args_and_config(argv)
+    try:
+        for name in ("reward", "clip_backend", "steering_mode"):
+            _check_choice(reward, name)
+        if output.log_images_every < 1:
+            raise CLIError(f"log_images_every must be >= 1, got {output.log_images_every}")
+    except CLIError as err:
+        parser.error(str(err))
     return config, model, data, reward, output
 
 
-def parse_eval_args(argv: list[str] | None = None):
-    """Parse `evaluate` arguments. Returns (`EvalArguments`, `RewardArguments`)."""
-    args, reward = _parse("evaluate", _eval_groups(), argv, "Generate images for a prompt set and score them "
-                          "(NudeNet, Q16, CLIP, toy world).")
+def parse_eval_args(argv: list[str] | None = None, exit_on_error: bool = False):
+    """Parse `evaluate` arguments (as [`parse_train_args`]). Returns (`EvalArguments`, `RewardArguments`)."""
+    parser = _parser("evaluate", _eval_groups(), "Generate images for a prompt set and score them "
+                     "(NudeNet, Q16, CLIP, toy world).", exit_on_error)
+    args, reward = parser.parse_args_and_config(argv)
+    try:
+        _check_eval_args(args, reward)
+    except CLIError as err:
+        parser.error(str(err))
+    return args, reward
+
+
+def _check_eval_args(args: EvalArguments, reward: RewardArguments) -> None:
     unknown = [m for m in args.metrics if m not in METRICS]
     if unknown:
-        raise CLIError(f"metrics: unknown metric {unknown[0]!r}{_suggest(unknown[0], METRICS)} (choose from {METRICS})")
+        raise CLIError(f"metrics: unknown metric {unknown[0]!r}{suggest(unknown[0], METRICS)} (choose from {METRICS})")
     if "q16" in args.metrics and not args.q16_prompts:
         raise CLIError("metrics: q16 needs --q16_prompts (the Q16 prompt-embedding file, e.g. prompts.p)")
     if args.table_format not in ("jsonl", "parquet"):
@@ -470,7 +131,6 @@ def parse_eval_args(argv: list[str] | None = None):
             raise CLIError(f"{name} must be >= 1, got {getattr(args, name)}")
     _check_choice(reward, "clip_backend")
     _check_choice(reward, "steering_mode")
-    return args, reward
 
 
 _CHOICES = {"reward": REWARDS, "clip_backend": CLIP_BACKENDS, "steering_mode": ("translate", "projection")}
@@ -479,7 +139,7 @@ _CHOICES = {"reward": REWARDS, "clip_backend": CLIP_BACKENDS, "steering_mode": (
 def _check_choice(obj, name: str):
     value = getattr(obj, name)
     if value not in _CHOICES[name]:
-        raise CLIError(f"{name} must be one of {_CHOICES[name]}, got {value!r}{_suggest(str(value), _CHOICES[name])}")
+        raise CLIError(f"{name} must be one of {_CHOICES[name]}, got {value!r}{suggest(str(value), _CHOICES[name])}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -563,7 +223,7 @@ def process_state():
 def _hub_offline() -> bool:
     import huggingface_hub.constants
 
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in TRUE_WORDS
 
 
 def _offline_hint() -> str:
@@ -833,7 +493,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 def configure_logging(argv: list[str]) -> list[str]:
-    """Set the console log level from a `--log_level LEVEL` flag anywhere in `argv` and return `argv` without it.
+    """Set the console log level from a `--log_level LEVEL` (or `--log-level`) flag anywhere in `argv` and return `argv` without it.
 
     The default is `warning` (or the `LOGLEVEL` environment variable): progress bars, the per-epoch summary and the
     commands' own output still show; `info` adds what each step does.
@@ -842,16 +502,16 @@ def configure_logging(argv: list[str]) -> list[str]:
     rest: list[str] = []
     args = iter(argv)
     for arg in args:
-        if arg == "--log_level":
+        if arg in ("--log_level", "--log-level"):
             level = next(args, None)
             if level is None or level.startswith("-"):
                 raise CLIError(f"--log_level needs a value: one of {', '.join(LOG_LEVELS)}")
-        elif arg.startswith("--log_level="):
+        elif arg.startswith(("--log_level=", "--log-level=")):
             level = arg.split("=", 1)[1]
         else:
             rest.append(arg)
     if level.lower() not in LOG_LEVELS:
-        raise CLIError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}{_suggest(level.lower(), LOG_LEVELS)}")
+        raise CLIError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {level!r}{suggest(level.lower(), LOG_LEVELS)}")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level.upper())
     return rest
@@ -869,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"{PROG}: error: unknown command {command!r}{_suggest(command, COMMANDS)} (choose from "
+        print(f"{PROG}: error: unknown command {command!r}{suggest(command, COMMANDS)} (choose from "
               f"{', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     try:
@@ -885,76 +545,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Configuration reference (docs/configuration.md)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _field_table(cls, names=None) -> list[str]:
-    hints = typing.get_type_hints(cls)
-    lines = ["| field | type | default | help |", "|---|---|---|---|"]
-    for f in dataclasses.fields(cls):
-        if names is not None and f.name not in names:
-            continue
-        lines.append(f"| `{f.name}` | {_md_escape(_type_name(hints[f.name]))} | `{_md_escape(_default_text(f))}` | "
-                     f"{_md_escape(f.metadata.get('help', ''))} |")
-    return lines
-
-
-def config_reference_markdown() -> str:
-    """The configuration reference (docs/configuration.md), generated from the dataclasses' help text."""
-    from .ddpo_config import DDPOConfig
-    from .grpo_config import SafeDDPOGRPOConfig
-
-    ddpo_fields = {f.name: f for f in dataclasses.fields(DDPOConfig)}
-    grpo_only = [f.name for f in dataclasses.fields(SafeDDPOGRPOConfig) if f.name not in ddpo_fields]
-    changed = [
-        f.name for f in dataclasses.fields(SafeDDPOGRPOConfig)
-        if f.name in ddpo_fields and _default_text(f) != _default_text(ddpo_fields[f.name])
-    ]
-    out = [
-        "# Configuration reference",
-        "",
-        "<!-- Generated by `python scripts/gen_config_docs.py` from the dataclasses' help text; do not edit by hand. "
-        "tests/test_docs_config_reference.py keeps it in sync. -->",
-        "",
-        "Every field below can be set in a recipe YAML file (flat `field: value` keys) or as a `--field value` flag of "
-        "`trl-safediffusion train` / `trl-safediffusion evaluate`; flags override the file. Booleans accept "
-        "`true/false`, lists accept `a,b` or several values, mappings accept a YAML mapping or a JSON object. In YAML, "
-        "quote string values that YAML would read as booleans: `mixed_precision: \"no\"` (unquoted `no`, `off`, `yes`, "
-        "`on` are booleans, and the field is then rejected with that hint).",
-        "",
-        "Besides the fields, both commands take `--config FILE.yaml` and `--log_level debug|info|warning|error|critical` "
-        "(console log level, default `warning`: progress bars, the per-epoch summary and errors show; `info` adds each "
-        "step's details, `debug` the traceback behind an error).",
-        "",
-        "## `SafeDDPOGRPOConfig` (the `train` command)",
-        "",
-        "`SafeDDPOGRPOConfig` extends `DDPOConfig` (TRL v0.23.1 names and defaults) with group-relative advantages and "
-        "SafeDiffusion-R1's defaults. Fields it adds:",
-        "",
-        *_field_table(SafeDDPOGRPOConfig, grpo_only),
-        "",
-        "`DDPOConfig` fields whose default `SafeDDPOGRPOConfig` changes (the paper's recipe):",
-        "",
-        *_field_table(SafeDDPOGRPOConfig, changed),
-        "",
-        "## `DDPOConfig`",
-        "",
-        "All fields, with the DDPO defaults (also the fields of `SafeDDPOGRPOConfig`).",
-        "",
-        *_field_table(DDPOConfig),
-        "",
-    ]
-    for title, cls in (("train: model", ModelArguments), ("train: data", DataArguments),
-                       ("train and evaluate: reward / CLIP", RewardArguments), ("train: output", OutputArguments),
-                       ("evaluate", EvalArguments)):
-        out += [f"## `{cls.__name__}` ({title})", "", (cls.__doc__ or "").strip(), "", *_field_table(cls), ""]
-    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,38 @@ The shipped toy pipeline draws red shapes when asked; `SafeDDPOGRPOTrainer` with
 rate per red word (`crimson` and `scarlet` never appear in training prompts) and compositional accuracy, on the same
 prompts and seeds. Outputs land in `output_dir`: metrics.json, before_after.png, reward_curve.png and the trained
 pipeline in diffusers format with a model card.
+
+The training is a plain `SafeDDPOGRPOConfig` ([`DEMO_CONFIG`] holds the demo's values, the same as
+examples/recipes/toy_demo.yaml) and every one of its fields is a flag of the demo under its own name; [`DemoArguments`]
+holds only what the demo adds: evaluation, the stage-2 guidance / learning-rate curriculum, the prompt mix, the reward's
+steering and anchors, and which UNet weights train.
+
+The defaults are the measured trade-off of docs/toy_world.md ("The default run"): 15 epochs of rollouts at guidance 2,
+then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers (`attn2`, lr 3.5e-4) with a per-branch KL
+(beta 0.3) on benign prompts and a structure anchor (weight 0.04, [`~trl_safediffusion.toy.ObjectMap`]) on `red`
+prompts, 256 rollouts per epoch, each trained on one step drawn from the first half of its trajectory (where the colour
+is decided). `make demo` with them (216 images per split) took the `red` unsafe rate from 98.6% to 7.4% (crimson 2.8%,
+scarlet 12.5%), and lost 1.4 points of benign all-correct, 3.7 of red-family shape and 2.9 of red-family count
+accuracy: every target of [`summarize`]. Over seeds 0-4 every target is met at once with seeds 0, 1 and 2; on average
+red 6.7%, benign -1.5, shape -3.6 and count -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on
+average) but shape and count lost 6.0 and 6.2 points. docs/research/toy_world_trials.md has the trials.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..argparsing import SafeDiffusionParser, suggest
+from ..grpo_config import SafeDDPOGRPOConfig
 from .sampling import sample_toy_images as _sample_eval
 
 logger = logging.getLogger(__name__)
@@ -27,111 +44,160 @@ logger = logging.getLogger(__name__)
 EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 DEFAULT_OUTPUT_DIR = "outputs/toy-demo"
 
+# The demo's training recipe: `SafeDDPOGRPOConfig` fields (examples/recipes/toy_demo.yaml holds the same values).
+# `logdir` is `<output_dir>/runs`.
+DEMO_CONFIG = {
+    "num_epochs": 30,
+    "num_generations": 8,
+    "sample_batch_size": 128,
+    "sample_num_batches_per_epoch": 2,
+    "train_batch_size": 128,
+    "sample_num_steps": 10,
+    "sample_guidance_scale": 2.0,  # stage 1; stage 2 samples at `stage2_guidance_scale`
+    "train_learning_rate": 3.5e-4,  # stage 1; see `stage2_learning_rate`
+    "train_clip_range": 0.2,
+    "beta": 0.3,
+    "kl_mode": "branches",
+    "kl_unsafe_weight": 0.0,
+    "structure_weight": 0.04,
+    "scale_rewards": "group",
+    # the KL and structure-anchor weights were tuned with "population"; "unbiased" shrinks the policy term by
+    # sqrt((G - 1) / G) against them and leaves more red
+    "advantage_std": "population",
+    "train_adv_clip_max": 2.5,
+    "train_timesteps_per_forward": 9,
+    "train_timestep_fraction": 0.2,
+    "train_timestep_window": 0.5,
+    "mixed_precision": "no",
+    "save_freq": 0,
+    "seed": 0,
+    "exp_name": "toy-demo",
+}
+
+# Earlier names of config fields, still accepted as flags (`--epochs`), `DemoSettings` keywords and attributes, and
+# written as the metrics.json "settings" keys.
+LEGACY_NAMES = {
+    "epochs": "num_epochs",
+    "learning_rate": "train_learning_rate",
+    "clip_range": "train_clip_range",
+    "adv_clip_max": "train_adv_clip_max",
+    "train_guidance_scale": "sample_guidance_scale",
+    "timesteps_per_forward": "train_timesteps_per_forward",
+    "timestep_fraction": "train_timestep_fraction",
+    "timestep_window": "train_timestep_window",
+}
+
 
 @dataclass
-class DemoSettings:
-    """Settings of the toy demo. The defaults are the measured trade-off of docs/toy_world.md ("The default run"):
-    15 epochs of rollouts at guidance 2, then 15 at guidance 5, fine-tuning only the UNet's cross-attention layers
-    (`attn2`, lr 3.5e-4) with a per-branch KL (beta 0.3) on benign prompts and a structure anchor (weight 0.04,
-    [`~trl_safediffusion.toy.ObjectMap`]) on `red` prompts, 256 rollouts per epoch, each trained on one step drawn
-    from the first half of its trajectory (where the colour is decided). `make demo` with them (216 images per split)
-    took the `red` unsafe rate from 98.6% to 7.4% (crimson 2.8%, scarlet 12.5%), and lost 1.4 points of benign
-    all-correct, 3.7 of red-family shape and 2.9 of red-family count accuracy: every target of [`summarize`]. Over seeds
-    0-4 every target is met at once with seeds 0, 1 and 2; on average red 6.7%, benign -1.5, shape -3.6 and count
-    -3.6 points. Without the anchor (lr 2.5e-4) red fell further (3.3% on average) but shape and count lost 6.0 and
-    6.2 points. docs/research/toy_world_trials.md has the trials.
+class DemoRunArguments:
+    """Where the demo writes and what it loads."""
 
-    Args:
-        epochs (`int`): GRPO epochs.
-        num_generations (`int`): group size.
-        sample_batch_size (`int`): images per sampling batch (an epoch samples sample_batch_size x
-            sample_num_batches_per_epoch images).
-        sample_num_batches_per_epoch (`int`): sampling batches per epoch.
-        train_batch_size (`int`): training minibatch.
-        sample_num_steps (`int`): DDIM steps in training rollouts.
-        learning_rate (`float`): learning rate of the optimiser (stage 1).
-        clip_range (`float`): PPO clip range.
-        beta (`float`): weight of the KL penalty to the pretrained UNet.
-        kl_mode (`str`): what the KL penalty compares (see `SafeDDPOGRPOConfig`).
-        kl_unsafe_weight (`float`): weight of the KL penalty on `red` prompts (see `SafeDDPOGRPOConfig`).
-        adv_clip_max (`float`): advantages are clipped to [-adv_clip_max, adv_clip_max] (`train_adv_clip_max`).
-        alpha (`float`): steering strength of the CLIP reward.
-        steering_mode (`str`): "projection" (default here) or "translate" (the paper's default). On the toy CLIP,
-            translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red prompts
-            (mean 0.50 vs 0.41 on drawn images), so it would not remove red; projection with alpha 0.5 ranks every
-            safe colour above red (27/27 red-family prompts) and keeps the right shape and count on top for benign
-            prompts (45/45). `research/toy/` and docs/research/toy_world_trials.md have the measurement.
-        unsafe_ratio (`float`): fraction of `red` prompts in the training mix.
-        scale_rewards (`str`): GRPO advantage scaling, "group" (the paper) or "batch" (see `SafeDDPOGRPOConfig`).
-        advantage_std (`str`): std that scales the advantages, "population" (divides by G) or "unbiased" (G - 1,
-            the library default). The demo's KL and structure-anchor weights were tuned with "population"; "unbiased"
-            shrinks the policy term by sqrt((G - 1) / G) against them and leaves more red.
-        eval_images (`int`): images per evaluation split (>= 200 for the reported targets).
-        eval_steps (`int`): DDIM steps at evaluation (deterministic DDIM, eta 0, as a user samples).
-        guidance_scale (`float`): classifier-free guidance at evaluation.
-        train_guidance_scale (`float`): guidance of the training rollouts (`sample_guidance_scale`).
-        stage2_epochs (`int`): the last `stage2_epochs` of the `epochs` sample their rollouts at
-            `stage2_guidance_scale` instead (a guidance curriculum: explore at low guidance first, then train where the
-            model is used). 0 keeps one stage.
-        stage2_guidance_scale (`float`): guidance of the training rollouts in stage 2.
-        stage2_learning_rate (`float`): learning rate of stage 2; 0 scales `learning_rate` by
-            `train_guidance_scale / stage2_guidance_scale`, since guidance multiplies the change a weight update makes
-            to the guided step (full UNet at lr 8e-5 unscaled: stage 2 cost benign colour accuracy 99 -> 73%).
-        seed (`int`): seed of training and of the evaluation noise.
-        use_lora (`bool`): train LoRA adapters instead of the full UNet.
-        lora_rank (`int`): LoRA rank.
-        lora_alpha (`float`): LoRA alpha (the adapter scale is alpha / rank).
-        lora_target_modules (`str`): comma-separated UNet module names that get adapters, e.g. "attn2.to_k,attn2.to_v"
-            (cross-attention only); empty for the pipeline's default (every attention projection).
-        trainable_modules (`str`): under full fine-tuning, comma-separated parts of UNet parameter names to train
-            (e.g. "attn2" for the cross-attention layers); the rest stays frozen. Empty trains the whole UNet.
-        timesteps_per_forward (`int`): timesteps batched into one UNet forward in training (speed only).
-        timestep_fraction (`float`): fraction of each trajectory's steps that is trained on
-            (`train_timestep_fraction`); below 1 it buys more rollouts for the same training time.
-        timestep_window (`float`): train only on the first (noisiest) fraction of each trajectory's steps
-            (`train_timestep_window`); the early steps decide the colour, the late ones the shape's detail.
-        safe_anchors (`str`): comma-separated safe anchor phrases of the reward; empty for the toy defaults (one
-            "<colour> shapes" phrase per safe colour). The anchors decide what red turns into (see docs/research/toy_world_trials.md).
-        structure_weight (`float`): weight of the structure anchor on `red` prompts (`SafeDDPOGRPOConfig`), with
-            [`~trl_safediffusion.toy.ObjectMap`] of the pipeline's VAE as its features: a red prompt may change its
-            colour, not its objects' layout. 0 turns it off; 0.3 and above stop the colour change too.
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIR,
+                            metadata={"help": "Folder of metrics.json, the figures and the trained pipeline."})
+    pipeline_path: str | None = field(
+        default=None, metadata={"help": "A toy pipeline folder to use instead of the shipped one."})
+    clip_folder: str | None = field(default=None, metadata={"help": "A toy CLIP folder to use instead of the shipped one."})
+    device: str | None = field(
+        default=None, metadata={"help": "Torch device, e.g. cpu or cuda (None: cuda when available, else cpu)."})
+
+
+@dataclass
+class DemoArguments:
+    """What the demo adds to its `SafeDDPOGRPOConfig`: evaluation, the stage-2 curriculum, the prompt mix, the reward
+    and which UNet weights train."""
+
+    eval_images: int = field(default=216, metadata={"help": "Images per evaluation split (>= 200 for the reported "
+                                                             "targets)."})
+    eval_steps: int = field(default=20, metadata={"help": "DDIM steps at evaluation (deterministic DDIM, eta 0, as a "
+                                                           "user samples)."})
+    guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance at evaluation."})
+    stage2_epochs: int = field(
+        default=15,
+        metadata={"help": "The last stage2_epochs of the num_epochs sample their rollouts at stage2_guidance_scale "
+                  "instead (a guidance curriculum: explore at low guidance first, then train where the model is "
+                  "used). 0 keeps one stage."})
+    stage2_guidance_scale: float = field(default=5.0, metadata={"help": "Guidance of the training rollouts in stage 2."})
+    stage2_learning_rate: float = field(
+        default=0.0,
+        metadata={"help": "Learning rate of stage 2; 0 scales train_learning_rate by sample_guidance_scale / "
+                  "stage2_guidance_scale, since guidance multiplies the change a weight update makes to the guided "
+                  "step (full UNet at lr 8e-5 unscaled: stage 2 cost benign colour accuracy 99 -> 73%)."})
+    unsafe_ratio: float = field(default=0.5, metadata={"help": "Fraction of `red` prompts in the training mix."})
+    alpha: float = field(default=0.5, metadata={"help": "Steering strength of the CLIP reward."})
+    steering_mode: str = field(
+        default="projection",
+        metadata={"help": "'projection' (default here) or 'translate' (the paper's default). On the toy CLIP, "
+                  "translate with alpha 0.5 still scores a red image above the same shapes in safe colours for red "
+                  "prompts (mean 0.50 vs 0.41 on drawn images), so it would not remove red; projection with alpha 0.5 "
+                  "ranks every safe colour above red (27/27 red-family prompts) and keeps the right shape and count "
+                  "on top for benign prompts (45/45). research/toy/ and docs/research/toy_world_trials.md have the "
+                  "measurement."})
+    safe_anchors: str = field(
+        default="",
+        metadata={"help": "Comma-separated safe anchor phrases of the reward; empty for the toy defaults (one "
+                  "'<colour> shapes' phrase per safe colour). The anchors decide what red turns into (see "
+                  "docs/research/toy_world_trials.md)."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of the full UNet."})
+    lora_rank: int = field(default=4, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=4.0, metadata={"help": "LoRA alpha (the adapter scale is alpha / rank)."})
+    lora_target_modules: str = field(
+        default="",
+        metadata={"help": "Comma-separated UNet module names that get adapters, e.g. 'attn2.to_k,attn2.to_v' "
+                  "(cross-attention only); empty for the pipeline's default (every attention projection)."})
+    trainable_modules: str = field(
+        default="attn2",
+        metadata={"help": "Under full fine-tuning, comma-separated parts of UNet parameter names to train (e.g. "
+                  "'attn2' for the cross-attention layers); the rest stays frozen. Empty trains the whole UNet."})
+
+
+def demo_config(config: SafeDDPOGRPOConfig | None = None, **overrides) -> SafeDDPOGRPOConfig:
+    """The demo's `SafeDDPOGRPOConfig`: `config` (default: [`DEMO_CONFIG`]) with `overrides`, given by field name or by
+    the earlier names of [`LEGACY_NAMES`] (`epochs=2`).
+
+    Raises:
+        `TypeError`: for a name that is neither a config field nor an earlier name.
+        `ValueError`: from the config's own checks.
+    """
+    fields = SafeDDPOGRPOConfig.__dataclass_fields__
+    values = {LEGACY_NAMES.get(name, name): value for name, value in overrides.items()}
+    for name in values:
+        if name not in fields:
+            known = [*fields, *LEGACY_NAMES, *(f.name for f in dataclasses.fields(DemoArguments))]
+            raise TypeError(f"DemoSettings: unknown setting {name!r}{suggest(name, known)}")
+    if config is None:
+        return SafeDDPOGRPOConfig(**{**DEMO_CONFIG, **values})
+    return dataclasses.replace(config, **values) if values else config
+
+
+@dataclass(init=False)
+class DemoSettings(DemoArguments):
+    """The settings of a demo run: the [`DemoArguments`] and the `SafeDDPOGRPOConfig` of the training (`config`).
+
+    `DemoSettings(eval_images=24, num_epochs=4)` takes demo arguments and config fields (also by their earlier names:
+    `epochs`, `learning_rate`, ...; see [`LEGACY_NAMES`]) and applies the config fields to `config` (default: the
+    demo's, [`demo_config`]). Config fields read through too: `settings.seed` is `settings.config.seed`.
     """
 
-    epochs: int = 30
-    num_generations: int = 8
-    sample_batch_size: int = 128
-    sample_num_batches_per_epoch: int = 2
-    train_batch_size: int = 128
-    sample_num_steps: int = 10
-    learning_rate: float = 3.5e-4
-    clip_range: float = 0.2
-    beta: float = 0.3
-    kl_mode: str = "branches"
-    kl_unsafe_weight: float = 0.0
-    adv_clip_max: float = 2.5
-    alpha: float = 0.5
-    steering_mode: str = "projection"
-    unsafe_ratio: float = 0.5
-    scale_rewards: str = "group"
-    advantage_std: str = "population"
-    eval_images: int = 216
-    eval_steps: int = 20
-    guidance_scale: float = 5.0
-    train_guidance_scale: float = 2.0
-    stage2_epochs: int = 15
-    stage2_guidance_scale: float = 5.0
-    stage2_learning_rate: float = 0.0
-    seed: int = 0
-    use_lora: bool = False
-    lora_rank: int = 4
-    lora_alpha: float = 4.0
-    lora_target_modules: str = ""
-    trainable_modules: str = "attn2"
-    timesteps_per_forward: int = 9
-    timestep_fraction: float = 0.2
-    timestep_window: float = 0.5
-    safe_anchors: str = ""
-    structure_weight: float = 0.04
+    config: SafeDDPOGRPOConfig | None = None
+
+    def __init__(self, config: SafeDDPOGRPOConfig | None = None, **kwargs):
+        own = {f.name for f in dataclasses.fields(DemoArguments)}
+        super().__init__(**{name: kwargs.pop(name) for name in list(kwargs) if name in own})
+        self.config = demo_config(config, **kwargs)
+
+    def __getattr__(self, name: str):
+        config = self.__dict__.get("config")
+        field_name = LEGACY_NAMES.get(name, name)
+        if config is not None and not name.startswith("__") and field_name in SafeDDPOGRPOConfig.__dataclass_fields__:
+            return getattr(config, field_name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def to_dict(self) -> dict:
+        """The demo arguments and the config's demo fields (under their earlier names): metrics.json's "settings"."""
+        legacy = {field_name: name for name, field_name in LEGACY_NAMES.items()}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(DemoArguments)}
+        out.update({legacy.get(name, name): getattr(self.config, name) for name in DEMO_CONFIG})
+        return out
 
 
 def demo_anchors(settings: DemoSettings) -> dict[str, list[str]]:
@@ -160,7 +226,7 @@ def _evaluate(pipe, settings: DemoSettings, reward=None, desc: str = "evaluating
     for split in EVAL_SPLITS:
         rows = cycled_rows(sets[split], settings.eval_images)
         bar.set_postfix_str(split)
-        imgs = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.seed + 1,
+        imgs = _sample_eval(pipe, rows, settings.eval_steps, settings.guidance_scale, settings.config.seed + 1,
                             progress_bar=bar)
         m = score(imgs, rows)
         if reward is not None:
@@ -268,42 +334,17 @@ def summarize(before: dict, after: dict) -> tuple[dict, dict]:
     return summary, targets
 
 
-def trainer_config(settings: DemoSettings, output_dir: str):
-    """The `SafeDDPOGRPOConfig` of the demo's training (stage 1; stage 2 changes guidance and learning rate).
+def trainer_config(settings: DemoSettings, output_dir: str) -> SafeDDPOGRPOConfig:
+    """The `SafeDDPOGRPOConfig` of the demo's training: `settings.config` writing its logs under `output_dir/runs`
+    (stage 1; stage 2 changes guidance and learning rate through `trainer.set_schedule`).
 
     Raises:
         `ValueError`: naming the setting, when the settings do not make a valid run.
     """
-    from ..grpo_config import SafeDDPOGRPOConfig
-
-    if not 0 <= settings.stage2_epochs <= settings.epochs:
-        raise ValueError(f"stage2_epochs must be in [0, epochs={settings.epochs}], got {settings.stage2_epochs}")
-    return SafeDDPOGRPOConfig(
-        num_epochs=settings.epochs,
-        sample_num_steps=settings.sample_num_steps,
-        sample_guidance_scale=settings.train_guidance_scale,
-        sample_batch_size=settings.sample_batch_size,
-        sample_num_batches_per_epoch=settings.sample_num_batches_per_epoch,
-        train_batch_size=settings.train_batch_size,
-        num_generations=settings.num_generations,
-        train_learning_rate=settings.learning_rate,
-        train_clip_range=settings.clip_range,
-        beta=settings.beta,
-        kl_mode=settings.kl_mode,
-        kl_unsafe_weight=settings.kl_unsafe_weight,
-        structure_weight=settings.structure_weight,
-        scale_rewards=settings.scale_rewards,
-        advantage_std=settings.advantage_std,
-        train_adv_clip_max=settings.adv_clip_max,
-        train_timesteps_per_forward=settings.timesteps_per_forward,
-        train_timestep_fraction=settings.timestep_fraction,
-        train_timestep_window=settings.timestep_window,
-        mixed_precision="no",
-        save_freq=0,
-        seed=settings.seed,
-        logdir=os.path.join(output_dir, "runs"),
-        exp_name="toy-demo",
-    )
+    epochs = settings.config.num_epochs
+    if not 0 <= settings.stage2_epochs <= epochs:
+        raise ValueError(f"stage2_epochs must be in [0, epochs={epochs}], got {settings.stage2_epochs}")
+    return dataclasses.replace(settings.config, logdir=os.path.join(output_dir, "runs"))
 
 
 def run_demo(
@@ -331,7 +372,7 @@ def run_demo(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     os.makedirs(output_dir, exist_ok=True)
     start = time.time()
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(config.seed)
 
     reward = toy_steering_reward(demo_anchors(settings), alpha=settings.alpha, mode=settings.steering_mode,
                                  device=device, folder=clip_folder)
@@ -345,7 +386,7 @@ def run_demo(
     red = [r for r in sets["train"] if r["unsafe"]]
     benign = [r for r in sets["train"] if not r["unsafe"]]
     train_dataset = mix_prompts(red, benign, unsafe_ratio=settings.unsafe_ratio, num_prompts=2 * len(benign),
-                                seed=settings.seed)
+                                seed=config.seed)
     lora_targets = [m.strip() for m in settings.lora_target_modules.split(",") if m.strip()] or None
     policy = DefaultDDPOStableDiffusionPipeline(
         load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
@@ -353,23 +394,23 @@ def run_demo(
         trainable_modules=settings.trainable_modules,
     )
     structure_fn = None
-    if settings.structure_weight > 0:
+    if config.structure_weight > 0:
         from .structure import ObjectMap
 
         structure_fn = ObjectMap(policy.vae)
     trainer = SafeDDPOGRPOTrainer(config, reward, policy, train_dataset=train_dataset, structure_fn=structure_fn)
-    logger.info("training %d epochs of GRPO", settings.epochs)
+    logger.info("training %d epochs of GRPO", config.num_epochs)
     train_start = time.time()
-    stage1 = settings.epochs - settings.stage2_epochs
+    stage1 = config.num_epochs - settings.stage2_epochs
     trainer.train(stage1)
     if settings.stage2_epochs:
         lr = settings.stage2_learning_rate or (
-            settings.learning_rate * settings.train_guidance_scale / settings.stage2_guidance_scale
+            config.train_learning_rate * config.sample_guidance_scale / settings.stage2_guidance_scale
         )
         trainer.set_schedule(sample_guidance_scale=settings.stage2_guidance_scale, train_learning_rate=lr)
         logger.info("stage 2: %d epochs at guidance %s, lr %.2g", settings.stage2_epochs,
                     settings.stage2_guidance_scale, lr)
-        trainer.train(settings.epochs)
+        trainer.train(config.num_epochs)
     trainer.end_training()
     train_seconds = time.time() - train_start
 
@@ -392,7 +433,8 @@ def run_demo(
         "after": after_metrics,
         "summary": summary,
         "targets_met": targets,
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
+        "config": config.to_dict(),
         "reward": reward.describe() if hasattr(reward, "describe") else {"alpha": settings.alpha},
         "alpha_sweep": sweep,
         "train_seconds": round(train_seconds, 1),
@@ -410,59 +452,27 @@ def run_demo(
     return result
 
 
-def _settings_help() -> dict[str, str]:
-    """The help text of each `DemoSettings` field, from its docstring's Args section."""
-    import re
-
-    doc = DemoSettings.__doc__.split("Args:", 1)[1]
-    entries = re.split(r"\n {8}(?=\w)", "\n" + doc)
-    help_text = {}
-    for entry in entries:
-        head, sep, text = entry.partition("): ")
-        if not sep:
-            continue
-        text = " ".join(text.split())
-        for name in re.findall(r"(\w+) \(`", head + ")"):
-            help_text[name] = text
-    return help_text
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> SafeDiffusionParser:
     """The command line of the demo, shared by `examples/toy_demo.py` (`make demo`) and `trl-safediffusion demo`.
 
-    Every flag has a dash and an underscore spelling (`--output-dir` / `--output_dir`); every `DemoSettings` field is
-    a flag with the measured default.
+    The fields of [`DemoRunArguments`], [`DemoArguments`] and `SafeDDPOGRPOConfig` (with the demo's values,
+    [`DEMO_CONFIG`], as defaults; `output_dir` and `logdir` are the demo's), read as `trl-safediffusion train` reads its
+    own: `--config FILE.yaml` (e.g. examples/recipes/toy_demo.yaml), `--field value` with underscores or dashes
+    (`--output-dir` / `--output_dir`), `--no_field` for booleans, and the earlier names of [`LEGACY_NAMES`]
+    (`--epochs`).
     """
-    parser = argparse.ArgumentParser(
-        prog=prog, allow_abbrev=False,
+    parser = SafeDiffusionParser(
+        [DemoRunArguments, DemoArguments, SafeDDPOGRPOConfig],
+        group_titles={DemoRunArguments: "demo output and models", DemoArguments: "demo",
+                      SafeDDPOGRPOConfig: "training configuration (SafeDDPOGRPOConfig, with the demo's defaults)"},
+        aliases={field_name: [name] for name, field_name in LEGACY_NAMES.items()},
+        exclude={SafeDDPOGRPOConfig: ("output_dir", "logdir")},
+        bool_text="true or false",
+        prog=prog, usage=f"{prog or '%(prog)s'} [--config FILE.yaml] [--field VALUE ...]",
         description="SafeDiffusion-R1 on the embedded toy world (CPU, minutes): train the shipped toy pipeline, "
         "evaluate it before and after with exact detectors, and print the before/after summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-
-    def add(name: str, **kwargs):
-        dashed = name.replace("_", "-")
-        flags = [f"--{dashed}"] + ([f"--{name}"] if dashed != name else [])
-        parser.add_argument(*flags, dest=name, **kwargs)
-
-    add("output_dir", default=DEFAULT_OUTPUT_DIR, metavar="DIR",
-        help="folder of metrics.json, the figures and the trained pipeline")
-    add("pipeline_path", default=None, metavar="DIR", help="a toy pipeline folder to use instead of the shipped one")
-    add("clip_folder", default=None, metavar="DIR", help="a toy CLIP folder to use instead of the shipped one")
-    add("device", default=None, help="torch device, e.g. cpu or cuda (None: cuda when available, else cpu)")
-    settings_help = _settings_help()
-    for key, value in asdict(DemoSettings()).items():
-        kind = _parse_bool if isinstance(value, bool) else type(value)
-        add(key, type=kind, default=value, metavar=type(value).__name__.upper(), help=settings_help.get(key, "").replace("%", "%%"))
+    parser.set_defaults_with_config(**DEMO_CONFIG)
     return parser
 
 
@@ -481,29 +491,29 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     Bad settings and an unusable `--output-dir` stop with a one-line usage error before anything runs."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    settings = DemoSettings(**{k: getattr(args, k) for k in asdict(DemoSettings())})
+    run, demo_args, config = parser.parse_args_and_config(argv)
+    settings = DemoSettings(config=config, **dataclasses.asdict(demo_args))
     try:
-        trainer_config(settings, args.output_dir)
+        trainer_config(settings, run.output_dir)
     except ValueError as err:
-        parser.error(" ".join(str(err).split()))  # one line
-    for flag, folder in (("--pipeline-path", args.pipeline_path), ("--clip-folder", args.clip_folder)):
+        parser.error(str(err))
+    for flag, folder in (("--pipeline-path", run.pipeline_path), ("--clip-folder", run.clip_folder)):
         if folder is not None and not os.path.isdir(folder):
             parser.error(f"{flag} {folder}: no such folder; give a folder written by the toy trainers, or leave it out "
                          "for the shipped one")
     try:
-        os.makedirs(args.output_dir, exist_ok=True)
+        os.makedirs(run.output_dir, exist_ok=True)
     except OSError as err:
-        parser.error(f"--output-dir {args.output_dir}: {err.strerror or err}; choose a writable folder")
-    if not os.access(args.output_dir, os.W_OK):
-        parser.error(f"--output-dir {args.output_dir}: not writable; choose a writable folder")
+        parser.error(f"--output-dir {run.output_dir}: {err.strerror or err}; choose a writable folder")
+    if not os.access(run.output_dir, os.W_OK):
+        parser.error(f"--output-dir {run.output_dir}: not writable; choose a writable folder")
     if not logging.getLogger().handlers:  # run as a script: show the demo's progress messages
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
         for noisy in ("trl_safediffusion.ddpo_trainer", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    result = run_demo(args.output_dir, settings, device=args.device, pipeline_path=args.pipeline_path,
-                      clip_folder=args.clip_folder)
-    print("\n" + format_summary(result, args.output_dir))
+    result = run_demo(run.output_dir, settings, device=run.device, pipeline_path=run.pipeline_path,
+                      clip_folder=run.clip_folder)
+    print("\n" + format_summary(result, run.output_dir))
     return result
 
 
