@@ -52,7 +52,11 @@ def test_two_processes_match_single_process_and_save_once(tmp_path):
         u_multi, u_single = np.asarray(r0["update"]), np.asarray(s["update"])
         assert np.linalg.norm(u_single) > 0.1
         assert np.linalg.norm(u_multi - u_single) / np.linalg.norm(u_single) < 1e-3
-        np.testing.assert_allclose(r0["params"], s["params"], atol=2e-3)
+        # element-wise, an element whose gradient is ~0 may take an Adam step of either sign in one run and not the
+        # other: at most lr (1e-2) per optimizer step, 2 steps here. (A fixed 2e-3 failed on 1 of 15,360 elements with
+        # the pre-redesign code too, once the venv was rebuilt.)
+        np.testing.assert_allclose(r0["params"], s["params"], atol=2 * 2 * 1e-2)
+        assert np.mean(np.abs(np.asarray(r0["params"]) - np.asarray(s["params"])) > 2e-3) < 1e-3
         # checkpoints written once per epoch, by the main process, complete
         ckpts = sorted(os.listdir(os.path.join(multi, "logs", "mp", "checkpoints")))
         assert ckpts == ["checkpoint_0", "checkpoint_1"]
