@@ -332,6 +332,9 @@ class SafeDDPOGRPOTrainer(DDPOTrainer):
         log.update(label_split_log(rewards, components, metadata, self.config.label_column))
         return log
 
+    def _samples_label_column(self) -> str | None:
+        return self.config.label_column
+
     def _citations(self) -> list[str]:
         from .hub import DDPO_CITATION, GRPO_CITATION, SAFEDIFFUSION_R1_CITATION
 

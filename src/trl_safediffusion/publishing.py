@@ -122,6 +122,10 @@ class PublishingMixin:
         self.accelerator.wait_for_everyone()
         return url
 
+    def _samples_label_column(self) -> str | None:
+        """Hook: the prompt-metadata key whose value labels each published sample (DDPO: none)."""
+        return None
+
     def _push_samples(self, epoch: int, prompt_image_data, plan):
         """Publish this epoch's samples of the main process as a Hub dataset; a failure warns, training goes on."""
         if not self.accelerator.is_main_process:
@@ -129,7 +133,7 @@ class PublishingMixin:
         from .hub import HubPushError, epoch_samples_dataset, push_samples_dataset
 
         dataset = epoch_samples_dataset(prompt_image_data, plan.prompts, plan.metadata,
-                                        getattr(self.config, "label_column", None), epoch=epoch, seed=self.config.seed)
+                                        self._samples_label_column(), epoch=epoch, seed=self.config.seed)
         repo_id = self.config.samples_dataset_id or f"{self.config.hub_model_id or self.config.exp_name}-samples"
         try:
             push_samples_dataset(dataset, repo_id, local_dir=os.path.join(self.project_dir, "samples_dataset"),
