@@ -193,3 +193,18 @@ def test_bad_inputs_name_the_argument():
                                eta=-1.0)
     with pytest.raises(ValueError, match="trainable_modules"):
         DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(), use_lora=True, trainable_modules="attn")
+
+
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_bf16_checkpoint_resume(tmp_path, use_lora):
+    config = _config(tmp_path, save_freq=1, mixed_precision="bf16", beta=0.0)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, _pipe(use_lora=use_lora), train_dataset=PROMPTS)
+    trainer.train()
+    trained = {k: v.detach().float().clone() for k, v in trainer.sd_pipeline.transformer.state_dict().items()}
+    resumed = SafeDDPOGRPOTrainer(_config(tmp_path, save_freq=1, mixed_precision="bf16", beta=0.0,
+                                          resume_from=trainer.project_dir),
+                                  brightness_reward, _pipe(use_lora=use_lora), train_dataset=PROMPTS)
+    assert resumed.first_epoch == 2
+    state = resumed.sd_pipeline.transformer.state_dict()
+    assert all(torch.equal(state[k].float(), v) for k, v in trained.items() if "lora_" in k or not use_lora)
+    trainer.save_pretrained(str(tmp_path / "saved"))
