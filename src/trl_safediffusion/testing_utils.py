@@ -1,7 +1,7 @@
 """Tiny models built from configs after `torch.manual_seed`, for the tests and the benchmarks (nothing is downloaded).
 
 Test fixtures, not library API: the library never imports this module. It holds a tiny Stable Diffusion pipeline
-(UNet, VAE, CLIP text encoder, DDIM scheduler) and tiny open_clip and transformers CLIP models for the steering reward.
+(UNet, VAE, CLIP text encoder, DDIM scheduler), a tiny Stable Diffusion 3 pipeline and tiny open_clip and transformers CLIP models for the steering reward.
 """
 
 from __future__ import annotations
@@ -91,6 +91,93 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", **kwargs):
 
     comps = tiny_sd_components(seed=seed, prediction_type=prediction_type, **kwargs)
     return StableDiffusionPipeline(**comps, requires_safety_checker=False)
+
+
+def tiny_sd3_components(seed: int = 0, with_t5: bool = False, sample_size: int = 8):
+    """Tiny Stable Diffusion 3 components built from configs after `torch.manual_seed(seed)`: an `SD3Transformer2DModel`
+    (patch size 2), a VAE with 4 latent channels (downsampling by 2, SD3's `scaling_factor` and `shift_factor`), two
+    CLIP text encoders with projection (hidden size 32 each: concatenated they fill `joint_attention_dim` 64; their
+    projections, 32 each, make the pooled 64) and a `FlowMatchEulerDiscreteScheduler` with SD3's shift 3.
+
+    `with_t5=True` adds a tiny `T5EncoderModel` (d_model 64) whose tokenizer is the offline CLIP tokenizer (a T5
+    tokenizer cannot be built offline); otherwise `text_encoder_3` and `tokenizer_3` are None, as diffusers allows.
+    `sample_size=8` latents decode to 16x16 images.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,
+        caption_projection_dim=32,
+        pooled_projection_dim=64,
+        out_channels=4,
+        pos_embed_max_size=16,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size * 2,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    encoders = []
+    for offset in (0, 1):
+        torch.manual_seed(seed + offset)
+        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=32,
+            hidden_act="gelu",
+        )))
+    text_encoder_3 = tokenizer_3 = None
+    if with_t5:
+        from transformers import T5Config, T5EncoderModel
+
+        torch.manual_seed(seed + 2)
+        text_encoder_3 = T5EncoderModel(T5Config(vocab_size=49408, d_model=64, d_ff=37, d_kv=8, num_layers=2,
+                                                 num_heads=4, relative_attention_num_buckets=8))
+        tokenizer_3 = clip_tokenizer()
+    return {
+        "transformer": transformer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "vae": vae,
+        "text_encoder": encoders[0],
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": encoders[1],
+        "tokenizer_2": clip_tokenizer(),
+        "text_encoder_3": text_encoder_3,
+        "tokenizer_3": tokenizer_3,
+    }
+
+
+def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False, **kwargs):
+    """A real `diffusers.StableDiffusion3Pipeline` built from `tiny_sd3_components`."""
+    from diffusers import StableDiffusion3Pipeline
+
+    return StableDiffusion3Pipeline(**tiny_sd3_components(seed=seed, with_t5=with_t5, **kwargs))
 
 
 def tiny_open_clip_config(

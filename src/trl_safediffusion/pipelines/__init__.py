@@ -3,11 +3,13 @@
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
 from .conditioning import Conditioning
 from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
+from .stable_diffusion_3 import DefaultDDPOStableDiffusion3Pipeline
 
 __all__ = [
     "Conditioning",
     "DDPOPipelineOutput",
     "DDPOStableDiffusionPipeline",
+    "DefaultDDPOStableDiffusion3Pipeline",
     "DefaultDDPOStableDiffusionPipeline",
     "RolloutOutput",
     "StepDistribution",
