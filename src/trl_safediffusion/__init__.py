@@ -20,6 +20,7 @@ _EXPORTS = {
     "group_advantages": ".advantages",
     "DDPOStableDiffusionPipeline": ".pipelines",
     "DefaultDDPOStableDiffusionPipeline": ".pipelines",
+    "DefaultDDPOStableDiffusionXLPipeline": ".pipelines",
     "DDPOPipelineOutput": ".pipelines",
     "RolloutOutput": ".pipelines",
     "StepDistribution": ".pipelines",

@@ -3,12 +3,14 @@
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
 from .conditioning import Conditioning
 from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
+from .stable_diffusion_xl import DefaultDDPOStableDiffusionXLPipeline
 
 __all__ = [
     "Conditioning",
     "DDPOPipelineOutput",
     "DDPOStableDiffusionPipeline",
     "DefaultDDPOStableDiffusionPipeline",
+    "DefaultDDPOStableDiffusionXLPipeline",
     "RolloutOutput",
     "StepDistribution",
 ]

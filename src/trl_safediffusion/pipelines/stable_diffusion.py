@@ -115,6 +115,7 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
                 f"{self._pretrained_argument} must be a Hub id, a local folder or a diffusers "
                 f"{self.diffusers_pipeline_class_name}, got {type(pretrained_model_name).__name__}"
             )
+        self._check_pipeline()
         parts = trainable_modules.split(",") if isinstance(trainable_modules, str) else list(trainable_modules or [])
         self.trainable_modules = [str(m).strip() for m in parts if str(m).strip()] or None
         if self.trainable_modules and use_lora:
@@ -172,6 +173,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         # frozen tensors that were cast to a narrower dtype (what the saved folders write back)
         self._original_dtypes: dict[str, torch.dtype] = {}
         self._original_tensors: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _check_pipeline(self):
+        """Called once the diffusers pipeline is loaded, before anything changes it: a family checks its
+        settings against the components here (nothing to check for Stable Diffusion)."""
 
     # ------------------------------------------------------------------ components
     @property
