@@ -214,3 +214,31 @@ def test_float16_vae_with_force_upcast_decodes_in_float32():
     images = pipe.decode_latents(latents)
     assert images.dtype == torch.float32 and pipe.vae.dtype == torch.float16
     assert torch.equal(images, vae_decode(upcast, latents).clamp(0, 1))
+
+
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_checkpoint_resume_restores_the_trained_unet(tmp_path, use_lora):
+    pipe, _, trainer = train(tmp_path, use_lora=use_lora, num_epochs=1, save_freq=1)
+    trained = snapshot(pipe.unet)
+    resumed_pipe = DefaultDDPOStableDiffusionXLPipeline(tiny_sdxl_pipeline(seed=0), use_lora=use_lora)
+    resumed = SafeDDPOGRPOTrainer(grpo_config(tmp_path, num_epochs=1, save_freq=1, resume_from=trainer.project_dir),
+                                  brightness_reward, resumed_pipe, train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    assert resumed.first_epoch == 1
+    assert all(torch.equal(p, trained[n]) for n, p in resumed_pipe.unet.named_parameters())
+
+
+def test_bf16_training_saves_the_base_text_encoders(tmp_path):
+    base = str(tmp_path / "base")
+    tiny_sdxl_pipeline(seed=0).save_pretrained(base)
+    pipe = DefaultDDPOStableDiffusionXLPipeline(base, use_lora=False)
+    trainer = SafeDDPOGRPOTrainer(grpo_config(tmp_path, num_epochs=1, mixed_precision="bf16"), brightness_reward, pipe,
+                                  train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
+    trainer.train()
+    assert pipe.text_encoder_2.dtype == torch.bfloat16 and pipe.unet.dtype == torch.float32
+    pipe.save_pretrained(str(tmp_path / "out"))
+    for name in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                 "text_encoder_2/model.safetensors"):
+        with open(tmp_path / "base" / name, "rb") as a, open(tmp_path / "out" / name, "rb") as b:
+            assert a.read() == b.read(), name
+    stock = StableDiffusionXLPipeline.from_pretrained(str(tmp_path / "out"), add_watermarker=False)
+    assert stock.text_encoder_2.dtype == torch.float32 and stock.unet.dtype == torch.float32
