@@ -1,7 +1,8 @@
 """Tiny models built from configs after `torch.manual_seed`, for the tests and the benchmarks (nothing is downloaded).
 
-Test fixtures, not library API: the library never imports this module. It holds a tiny Stable Diffusion pipeline
-(UNet, VAE, CLIP text encoder, DDIM scheduler), a tiny Stable Diffusion 3 pipeline and tiny open_clip and transformers CLIP models for the steering reward.
+Test fixtures, not library API: the library never imports this module. It holds tiny Stable Diffusion, SDXL and
+Stable Diffusion 3 pipelines (built from configs, offline tokenizers) and tiny open_clip and transformers CLIP models
+for the steering reward.
 """
 
 from __future__ import annotations
@@ -91,6 +92,86 @@ def tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon", **kwargs):
 
     comps = tiny_sd_components(seed=seed, prediction_type=prediction_type, **kwargs)
     return StableDiffusionPipeline(**comps, requires_safety_checker=False)
+
+
+def tiny_sdxl_components(seed: int = 0, sample_size: int = 8, text_dims: tuple[int, int] = (32, 48),
+                         pooled_dim: int = 32, time_embed_dim: int = 8):
+    """Tiny SDXL components built from configs after `torch.manual_seed(seed)`: a `text_time` UNet whose
+    cross-attention dimension is the two text encoders' hidden sizes together (`sum(text_dims)`) and whose added
+    embedding reads the pooled projection (`pooled_dim`) and six time ids (`6 * time_embed_dim`), a `CLIPTextModel`,
+    a `CLIPTextModelWithProjection`, the offline CLIP tokenizer twice, a VAE that downsamples by 2 (`sample_size=8`
+    latents decode to 16x16 images, with `force_upcast` as SDXL's VAE has it) and a DDIM scheduler.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def text_config(hidden: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=hidden, intermediate_size=37,
+            layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=3, vocab_size=49408,
+            max_position_embeddings=77, projection_dim=pooled_dim, hidden_act="gelu",
+        )
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim,
+        cross_attention_dim=sum(text_dims),
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size * 2,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config(text_dims[0]))
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(text_dims[1]))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": clip_tokenizer(),
+        "tokenizer_2": clip_tokenizer(),
+        "scheduler": scheduler,
+    }
+
+
+def tiny_sdxl_pipeline(seed: int = 0, **kwargs):
+    """A real `diffusers.StableDiffusionXLPipeline` built from `tiny_sdxl_components`, without the watermarker."""
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline(**tiny_sdxl_components(seed=seed, **kwargs), add_watermarker=False)
 
 
 def tiny_sd3_components(seed: int = 0, with_t5: bool = False, sample_size: int = 8):

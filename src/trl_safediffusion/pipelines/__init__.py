@@ -4,6 +4,7 @@ from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput
 from .conditioning import Conditioning
 from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
 from .stable_diffusion_3 import DefaultDDPOStableDiffusion3Pipeline
+from .stable_diffusion_xl import DefaultDDPOStableDiffusionXLPipeline
 
 __all__ = [
     "Conditioning",
@@ -11,6 +12,7 @@ __all__ = [
     "DDPOStableDiffusionPipeline",
     "DefaultDDPOStableDiffusion3Pipeline",
     "DefaultDDPOStableDiffusionPipeline",
+    "DefaultDDPOStableDiffusionXLPipeline",
     "RolloutOutput",
     "StepDistribution",
 ]

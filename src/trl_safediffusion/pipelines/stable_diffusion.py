@@ -11,7 +11,7 @@ import torch
 
 from ..schedulers.ddim_with_logprob import ddim_step_std, ddim_step_with_logprob
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
-from .conditioning import Conditioning
+from .conditioning import Conditioning, as_conditioning
 from .precision import KeepsBaseWeights, _module_dtype
 
 # Plain `logging`: accelerate's logger raises if used before an Accelerator exists (a TRL v0.23.1 defect).
@@ -71,6 +71,18 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         prompt_cache_size (`int`, *optional*, defaults to `4096`): prompt embeddings cached (the text encoder is frozen).
     """
 
+    # the diffusers pipeline class this adapter wraps, loads and saves as (a name in `diffusers`), and the name of the
+    # constructor argument that takes it (what the loading error names)
+    diffusers_pipeline_class_name = "StableDiffusionPipeline"
+    _pretrained_argument = "pretrained_model_name"
+
+    @classmethod
+    def diffusers_pipeline_class(cls):
+        """The diffusers pipeline class of this family (`StableDiffusionPipeline` here)."""
+        import diffusers
+
+        return getattr(diffusers, cls.diffusers_pipeline_class_name)
+
     def __init__(
         self,
         pretrained_model_name,
@@ -84,9 +96,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         torch_dtype: torch.dtype | None = None,
         prompt_cache_size: int = 4096,
     ):
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        from diffusers import DDIMScheduler
 
-        if isinstance(pretrained_model_name, StableDiffusionPipeline):
+        pipeline_class = self.diffusers_pipeline_class()
+        if isinstance(pretrained_model_name, pipeline_class):
             self.sd_pipeline = pretrained_model_name
             self.pretrained_model_name = getattr(pretrained_model_name, "name_or_path", None) or getattr(
                 pretrained_model_name.config, "_name_or_path", None
@@ -95,13 +108,14 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
             kwargs = {"revision": pretrained_model_revision}
             if torch_dtype is not None:
                 kwargs["torch_dtype"] = torch_dtype
-            self.sd_pipeline = StableDiffusionPipeline.from_pretrained(str(pretrained_model_name), **kwargs)
+            self.sd_pipeline = pipeline_class.from_pretrained(str(pretrained_model_name), **kwargs)
             self.pretrained_model_name = str(pretrained_model_name)
         else:
             raise ValueError(
-                "pretrained_model_name must be a Hub id, a local folder or a diffusers StableDiffusionPipeline, got "
-                f"{type(pretrained_model_name).__name__}"
+                f"{self._pretrained_argument} must be a Hub id, a local folder or a diffusers "
+                f"{self.diffusers_pipeline_class_name}, got {type(pretrained_model_name).__name__}"
             )
+        self._check_pipeline()
         parts = trainable_modules.split(",") if isinstance(trainable_modules, str) else list(trainable_modules or [])
         self.trainable_modules = [str(m).strip() for m in parts if str(m).strip()] or None
         if self.trainable_modules and use_lora:
@@ -121,9 +135,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
 
         # The policy is a DDIM sampler with eta > 0, whatever scheduler the checkpoint shipped with.
         self.sd_pipeline.scheduler = DDIMScheduler.from_config(self.sd_pipeline.scheduler.config)
-        self.sd_pipeline.safety_checker = None
-        self.sd_pipeline.vae.requires_grad_(False)
-        self.sd_pipeline.text_encoder.requires_grad_(False)
+        if "safety_checker" in self.sd_pipeline.components:
+            self.sd_pipeline.safety_checker = None
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
         self.sd_pipeline.unet.requires_grad_(not self.use_lora)
         if self.trainable_modules:
             kept = 0
@@ -158,6 +173,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         # frozen tensors that were cast to a narrower dtype (what the saved folders write back)
         self._original_dtypes: dict[str, torch.dtype] = {}
         self._original_tensors: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _check_pipeline(self):
+        """Called once the diffusers pipeline is loaded, before anything changes it: a family checks its
+        settings against the components here (nothing to check for Stable Diffusion)."""
 
     # ------------------------------------------------------------------ components
     @property
@@ -213,27 +232,38 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
     @torch.no_grad()
     def encode_prompts(self, prompts) -> torch.Tensor:
         """Text-encoder hidden states (B, L, D) for `prompts`, cached per prompt (the text encoder is frozen)."""
+        return torch.stack(self._cached_rows(prompts, self._encode_text))
+
+    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """The text encoder's last hidden states (B, L, D) of `prompts`, uncached."""
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        te = self.text_encoder
+        return te(tok.input_ids.to(te.device))[0]
+
+    def _cached_rows(self, prompts, encode) -> list:
+        """One value per prompt from the prompt cache (least recently used first out); `encode(missing)` returns
+        the values of the prompts not cached yet, in order (any per-prompt value: a tensor row, a mapping of rows)."""
         prompts = list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-        if missing:
-            tok = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            )
-            te = self.text_encoder
-            embeds = te(tok.input_ids.to(te.device))[0]
-            for p, e in zip(missing, embeds):
-                self._prompt_cache[p] = e
-                if len(self._prompt_cache) > self._prompt_cache_size:
-                    self._prompt_cache.popitem(last=False)
+        fresh = dict(zip(missing, encode(missing))) if missing else {}
+        for p, value in fresh.items():
+            self._prompt_cache[p] = value
+            if len(self._prompt_cache) > self._prompt_cache_size:
+                self._prompt_cache.popitem(last=False)
         out = []
         for p in prompts:
-            self._prompt_cache.move_to_end(p)
-            out.append(self._prompt_cache[p])
-        return torch.stack(out)
+            if p in self._prompt_cache:
+                self._prompt_cache.move_to_end(p)
+                out.append(self._prompt_cache[p])
+            else:  # more new prompts than the cache holds
+                out.append(fresh[p])
+        return out
 
     def encode_conditioning(self, prompts) -> Conditioning:
         """`{"prompt_embeds": (B, L, D)}` for `prompts` (see `encode_prompts`)."""
@@ -252,24 +282,32 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
             noise=noise,
         )
 
+    def unet_output(self, unet, latents, timesteps, conditioning: Conditioning) -> torch.Tensor:
+        """The one call of the UNet on a conditioning mapping (inputs already cast): `prompt_embeds` are the
+        encoder hidden states. A family whose UNet takes more conditioning overrides this."""
+        return unet(latents, timesteps, conditioning["prompt_embeds"]).sample
+
     def predict(self, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds, guidance_scale, cfg=True):
         """UNet prediction with classifier-free guidance: uncond + scale * (cond - uncond).
 
+        `prompt_embeds` and `negative_prompt_embeds` are the conditioning: mappings, or SD's embeddings tensors.
         Inputs are cast to the UNet's parameter dtype (autocast, where active, then picks the compute dtype)."""
         if cfg:
             uncond, cond = self.predict_branches(unet, latents, timesteps, prompt_embeds, negative_prompt_embeds)
             return uncond + guidance_scale * (cond - uncond)
         dtype = _module_dtype(unet)
-        return unet(latents.to(dtype), timesteps, prompt_embeds.to(dtype)).sample
+        cond = {k: v.to(dtype) for k, v in as_conditioning(prompt_embeds).items()}
+        return self.unet_output(unet, latents.to(dtype), timesteps, cond)
 
     def predict_branches(self, unet, latents, timesteps, prompt_embeds, negative_prompt_embeds):
         """The two classifier-free-guidance branches `(uncond, cond)` from one batched UNet call, inputs cast as in
         `predict`."""
         dtype = _module_dtype(unet)
         latents = latents.to(dtype)
-        embeds = torch.cat([negative_prompt_embeds.to(dtype), prompt_embeds.to(dtype)])
+        cond, neg = as_conditioning(prompt_embeds), as_conditioning(negative_prompt_embeds)
+        both = {k: torch.cat([neg[k].to(dtype), cond[k].to(dtype)]) for k in cond}
         t_in = torch.cat([timesteps, timesteps]) if torch.is_tensor(timesteps) and timesteps.ndim else timesteps
-        return unet(torch.cat([latents, latents]), t_in, embeds).sample.chunk(2)
+        return self.unet_output(unet, torch.cat([latents, latents]), t_in, both).chunk(2)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE decode to float32 images (B, 3, H, W) in [0, 1]."""
@@ -305,16 +343,16 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         autocast=None,
     ) -> StepDistribution:
         """The DDIM step of `model` at `latents` with its log-probability (see the interface's
-        [`~DDPOStableDiffusionPipeline.step_distribution`]); `conditioning` holds `prompt_embeds`."""
+        [`~DDPOStableDiffusionPipeline.step_distribution`]); `conditioning` holds what `unet_output` reads
+        (`prompt_embeds`)."""
         cfg = negative_conditioning is not None and guidance_scale > 1.0
         with (autocast or contextlib.nullcontext)():
             model_in = self.scheduler.scale_model_input(latents, timesteps)
             if cfg:
-                uncond, cond = self.predict_branches(model, model_in, timesteps, conditioning["prompt_embeds"],
-                                                     negative_conditioning["prompt_embeds"])
+                uncond, cond = self.predict_branches(model, model_in, timesteps, conditioning, negative_conditioning)
                 pred = uncond + guidance_scale * (cond - uncond)
             else:
-                pred = self.predict(model, model_in, timesteps, conditioning["prompt_embeds"], None, 1.0, cfg=False)
+                pred = self.predict(model, model_in, timesteps, conditioning, None, 1.0, cfg=False)
         out = self.scheduler_step(pred, timesteps, latents, eta=eta, prev_sample=next_latents, generator=generator)
         parts = None
         if branches and cfg:
@@ -368,6 +406,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
             width=width,
             show_progress=not self._progress_bar_config.get("disable", False),
         )
+        return self._pipeline_output(out, output_type)
+
+    def _pipeline_output(self, out: RolloutOutput, output_type: str) -> DDPOPipelineOutput:
+        """TRL's output of a rollout, its images as `output_type` (`"pt"`, `"np"` or `"pil"`)."""
         images = out.images
         if output_type == "pil":
             images = self.sd_pipeline.image_processor.pt_to_numpy(images)
@@ -394,11 +436,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
 
     def save_lora(self, output_dir: str):
         """Write `pytorch_lora_weights.safetensors` with the LoRA config (rank, alpha) so that
-        `StableDiffusionPipeline.load_lora_weights(output_dir)` reproduces the trained UNet exactly."""
-        from diffusers import StableDiffusionPipeline
-
+        `StableDiffusionPipeline.load_lora_weights(output_dir)` (the family's pipeline class) reproduces the trained
+        UNet exactly."""
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.lora_state_dict().items()}
-        StableDiffusionPipeline.save_lora_weights(
+        self.diffusers_pipeline_class().save_lora_weights(
             save_directory=output_dir,
             unet_lora_layers=state,
             safe_serialization=True,
@@ -421,19 +462,23 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
             if not self.use_lora:
                 self.sd_pipeline.save_pretrained(output_dir, safe_serialization=True)
                 return
-            from diffusers import StableDiffusionPipeline
-
             clean = fuse_lora_unet(self.unet, dtype=self._original_dtypes.get("unet"))
-            StableDiffusionPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoder,
-                tokenizer=self.tokenizer,
-                unet=clean,
-                scheduler=self.scheduler,
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            ).save_pretrained(output_dir, safe_serialization=True)
+            self._pipeline_with_unet(clean).save_pretrained(output_dir, safe_serialization=True)
+
+    def _pipeline_with_unet(self, unet):
+        """A diffusers pipeline of this family with the frozen components and `unet` (what a fused save writes)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
 
     def save_checkpoint(self, models, weights, output_dir):
         """accelerate `save_state` pre-hook: the UNet (or its LoRA weights) in diffusers format."""
@@ -482,12 +527,11 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
     def load_lora_into_unet(self, input_dir: str, unet=None):
         """Load `pytorch_lora_weights.safetensors` from `input_dir` into the existing adapter of the UNet."""
         self.lora_weights_untrained = False
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import set_peft_model_state_dict
 
         unet = unet if unet is not None else self.unet
-        state, _ = StableDiffusionPipeline.lora_state_dict(input_dir)
+        state, _ = self.diffusers_pipeline_class().lora_state_dict(input_dir)
         unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
         unet_state = convert_unet_state_dict_to_peft(unet_state)
         result = set_peft_model_state_dict(unet, unet_state, adapter_name="default")
