@@ -75,3 +75,18 @@ def test_two_processes_match_single_process_and_save_once(tmp_path):
         assert [x[0] for x in a["rewards"]] == [2] and a["params"] == b["params"]
     finally:
         hub.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(TORCHRUN) is None, reason="torchrun not installed")
+def test_two_processes_flow_matching_family_identical_on_both_ranks(tmp_path):
+    """SD3 (flow matching, the Flow-GRPO SDE step) under torchrun: both ranks end with the same trained adapters."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = str(tmp_path / "sd3")
+    run([TORCHRUN, "--standalone", "--nproc_per_node", "2", SCRIPT, "--out", out, "--samples-per-process", "4",
+         "--family", "sd3"], env)
+    r0, r1 = load(out, 0), load(out, 1)
+    assert (r0["world"], r1["world"]) == (2, 2)
+    assert r0["params"] == r1["params"]
+    assert np.linalg.norm(r0["update"]) > 0  # trained
+    assert os.path.isfile(os.path.join(out, "model", "pytorch_lora_weights.safetensors"))

@@ -75,9 +75,12 @@ class DDPOConfig:
         default="",
         metadata={"help": "Resume from a checkpoint folder, a run folder holding checkpoints, or a Hub repo id."},
     )
-    sample_num_steps: int = field(default=50, metadata={"help": "Number of DDIM sampler steps."})
+    sample_num_steps: int = field(default=50, metadata={"help": "Number of sampler steps (DDIM, or the flow SDE)."})
     sample_eta: float = field(
-        default=1.0, metadata={"help": "DDIM eta; must be > 0 so that every step has a log-probability."}
+        default=1.0,
+        metadata={"help": "Noise level of the stochastic sampler: DDIM eta for Stable Diffusion 1.x/2.x and SDXL, the "
+                  "flow SDE's noise level a for SD3 and FLUX (Flow-GRPO uses 0.7); must be > 0 so that every step has "
+                  "a log-probability."},
     )
     sample_guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance weight."})
     sample_batch_size: int = field(default=1, metadata={"help": "Batch size (per process) used for sampling."})

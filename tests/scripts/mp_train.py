@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 from datasets import Dataset  # noqa: E402
 
 from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer  # noqa: E402
-from trl_safediffusion.testing_utils import tiny_sd_pipeline  # noqa: E402
+from trl_safediffusion.testing_utils import tiny_sd3_pipeline, tiny_sd_pipeline  # noqa: E402
 
 
 def reward(images, prompts, metadata):
@@ -28,6 +28,7 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--resume", default="")
     p.add_argument("--push-repo", default="")
+    p.add_argument("--family", default="sd", choices=["sd", "sd3"])
     args = p.parse_args()
     dataset = Dataset.from_dict({"prompt": [f"object number {i}" for i in range(8)], "unsafe": [True, False] * 4})
     n = args.samples_per_process
@@ -38,12 +39,18 @@ def main():
         resume_from=args.resume, push_to_hub=bool(args.push_repo), hub_model_id=args.push_repo or None,
         hub_strategy="every_save",
     )
-    pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(seed=0), use_lora=True, lora_rank=4)
-    params0 = torch.cat([q.detach().float().reshape(-1) for _, q in sorted(pipe.unet.named_parameters()) if q.requires_grad])
+    if args.family == "sd3":  # flow matching with the Flow-GRPO SDE (sample_eta is its noise level)
+        from trl_safediffusion import DefaultDDPOStableDiffusion3Pipeline
+
+        config.sample_eta = 0.7
+        pipe = DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(seed=0), use_lora=True, lora_rank=4)
+    else:
+        pipe = DefaultDDPOStableDiffusionPipeline(tiny_sd_pipeline(seed=0), use_lora=True, lora_rank=4)
+    params0 = torch.cat([q.detach().float().reshape(-1) for _, q in sorted(pipe.model.named_parameters()) if q.requires_grad])
     trainer = SafeDDPOGRPOTrainer(config, reward, pipe, train_dataset=dataset)
     trainer.train()
     trainer.save_pretrained(os.path.join(args.out, "model"))
-    params = torch.cat([q.detach().float().reshape(-1) for _, q in sorted(pipe.unet.named_parameters()) if q.requires_grad])
+    params = torch.cat([q.detach().float().reshape(-1) for _, q in sorted(pipe.model.named_parameters()) if q.requires_grad])
     record = {
         "rank": trainer.accelerator.process_index,
         "world": trainer.accelerator.num_processes,
