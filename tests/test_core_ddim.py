@@ -90,8 +90,12 @@ def test_log_prob_is_float32_under_bf16_inputs():
 def test_eta_zero_and_unset_scheduler_rejected():
     s = make_scheduler()
     x = torch.randn(1, 4, 8, 8)
+    # eta = 0 has no log-probability: scoring a next latent is refused (sampling the deterministic step is allowed,
+    # tests/test_core_sde_window.py), and a negative eta is refused outright
     with pytest.raises(ValueError, match="eta must be > 0"):
-        ddim_step_with_logprob(s, x, 501, x, eta=0.0)
+        ddim_step_with_logprob(s, x, 501, x, eta=0.0, prev_sample=x)
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        ddim_step_with_logprob(s, x, 501, x, eta=-0.5)
     fresh = DDIMScheduler()
     with pytest.raises(ValueError, match="set_timesteps"):
         ddim_step_with_logprob(fresh, x, 501, x, eta=1.0)

@@ -140,3 +140,43 @@ def check_writable_folder(path: str, field: str, create: bool = False) -> None:
             f"cannot write to the output folder {full} for {field} ({err.strerror} in {parent}); set {field} to a "
             "writable folder"
         ) from err
+
+
+class CheckpointingMixin:
+    """Checkpoints of a trainer with `config`, `accelerator`, `sd_pipeline` and `checkpoint_dir`: the accelerate
+    save/load hooks (the model in its family's format), atomic saves after epochs, resuming."""
+
+    def _save_model_hook(self, models, weights, output_dir):
+        unwrapped = [self.accelerator.unwrap_model(m) for m in models]
+        if self.accelerator.is_main_process:
+            self.sd_pipeline.save_checkpoint(unwrapped, weights, output_dir)
+        else:
+            weights.clear()
+
+    def _load_model_hook(self, models, input_dir):
+        unwrapped = [self.accelerator.unwrap_model(m) for m in models]
+        self.sd_pipeline.load_checkpoint(unwrapped, input_dir)
+        models.clear()
+
+    def save_checkpoint(self, epoch: int, global_step: int) -> str:
+        """Save the training state after `epoch` atomically (see `checkpointing.save_checkpoint`); keeps the
+        `num_checkpoint_limit` newest. A save interrupted part-way leaves the previous checkpoint loadable."""
+        state = {"epoch": epoch, "global_step": global_step, "config": self.config.to_dict()}
+        path = save_checkpoint(self.accelerator, self.checkpoint_dir, epoch, state,
+                               keep=self.config.num_checkpoint_limit)
+        self._after_checkpoint(path, epoch)
+        return path
+
+    def _after_checkpoint(self, path: str, epoch: int):
+        """Hook: after each checkpoint (Hub publishing)."""
+        if self.config.push_to_hub and self.config.hub_strategy in ("every_save", "checkpoint"):
+            self._push_checkpoint(path, epoch)
+
+    def _resume(self, resume_from: str):
+        path = resolve_checkpoint(resume_from, token=self.config.hub_token)
+        logger.info("resuming from %s", path)
+        self.accelerator.load_state(path)
+        state = read_trainer_state(path)
+        self.first_epoch = int(state["epoch"]) + 1
+        self.global_step = int(state["global_step"])
+        self.resumed_from = path

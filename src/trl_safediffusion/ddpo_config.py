@@ -83,6 +83,25 @@ class DDPOConfig:
                   "a log-probability."},
     )
     sample_guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance weight."})
+    sample_sde_window: str = field(
+        default="all",
+        metadata={
+            "help": "(trl-safediffusion) Which sampler steps are stochastic and trained: 'all' (DDPO, the paper), "
+            "'fixed' (the `sample_sde_window_size` steps from `sample_sde_window_start`), 'random' (a window drawn "
+            "per epoch, Flow-GRPO-Fast) or 'sliding' (a window that moves one step later every "
+            "`sample_sde_window_shift_every` epochs, MixGRPO). Outside the window steps are deterministic (DDIM eta "
+            "0, the flow ODE) and neither stored nor trained."
+        },
+    )
+    sample_sde_window_size: int = field(
+        default=0, metadata={"help": "(trl-safediffusion) Steps in the stochastic window (with a window mode)."}
+    )
+    sample_sde_window_start: int = field(
+        default=0, metadata={"help": "(trl-safediffusion) First step of the 'fixed' window (0 = the noisiest)."}
+    )
+    sample_sde_window_shift_every: int = field(
+        default=0, metadata={"help": "(trl-safediffusion) Epochs per one-step move of the 'sliding' window."}
+    )
     sample_batch_size: int = field(default=1, metadata={"help": "Batch size (per process) used for sampling."})
     sample_num_batches_per_epoch: int = field(default=2, metadata={"help": "Number of sampling batches per epoch."})
     train_batch_size: int = field(default=1, metadata={"help": "Batch size (per process) used for training."})
@@ -218,6 +237,7 @@ class DDPOConfig:
                 f"train_timestep_window must be in (0, 1] (the fraction of each trajectory, from its first step, that "
                 f"is trained on), got {self.train_timestep_window}"
             )
+        self._check_sde_window()
         for name in ("train_learning_rate", "train_clip_range", "train_adv_clip_max", "train_max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -252,6 +272,34 @@ class DDPOConfig:
                 raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         if self.log_with is None and self.tracker_kwargs:
             warnings.warn("tracker_kwargs is set but log_with is None: no tracker will receive them", stacklevel=2)
+
+    def _check_sde_window(self):
+        modes = ("all", "fixed", "random", "sliding")
+        if self.sample_sde_window not in modes:
+            raise ValueError(f"sample_sde_window must be one of {modes}, got {self.sample_sde_window!r}")
+        if self.sample_sde_window == "all":
+            return
+        size, steps = self.sample_sde_window_size, self.sample_num_steps
+        if not 1 <= size <= steps:
+            raise ValueError(
+                f"sample_sde_window_size must be in [1, sample_num_steps={steps}] with sample_sde_window="
+                f"{self.sample_sde_window!r}, got {size}"
+            )
+        if self.sample_sde_window == "fixed" and not 0 <= self.sample_sde_window_start <= steps - size:
+            raise ValueError(
+                f"sample_sde_window_start must be in [0, sample_num_steps - sample_sde_window_size = {steps - size}] "
+                f"(the window must lie inside the {steps}-step schedule), got {self.sample_sde_window_start}"
+            )
+        if self.sample_sde_window == "sliding" and self.sample_sde_window_shift_every < 1:
+            raise ValueError(
+                "sample_sde_window='sliding' needs sample_sde_window_shift_every >= 1 (epochs per one-step move of the "
+                f"window), got {self.sample_sde_window_shift_every}"
+            )
+        if self.train_timestep_window != 1.0:
+            raise ValueError(
+                f"train_timestep_window={self.train_timestep_window} chooses the trained steps of a fully stochastic "
+                "rollout; with sample_sde_window the window does: keep train_timestep_window=1.0"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a flat dict, with `hub_token` removed (tokens are never logged or written to disk)."""

@@ -23,12 +23,11 @@ from .advantages import PerPromptStatTracker, batch_advantages
 from .checkpointing import (
     CHECKPOINT_PREFIX,
     TRAINER_STATE_NAME,
+    CheckpointingMixin,
     check_writable_folder,
     list_checkpoints,
-    read_trainer_state,
     resolve_checkpoint,
 )
-from .checkpointing import save_checkpoint as save_checkpoint_folder
 from .ddpo_config import DDPOConfig
 from .hooks import NullTracker
 from .losses import approx_kl, clip_fraction, clipped_surrogate_loss
@@ -36,7 +35,7 @@ from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution
 from .pipelines.conditioning import as_conditioning, repeat_rows, to_device
 from .publishing import PublishingMixin, describe_reward
 from .reward_stats import RewardFunctionError, call_reward, reward_components, reward_log
-from .sample_plan import DDPO_NOISE, STEP_NOISE, TRAIN_ORDER, SamplePlan, mix_seed
+from .sample_plan import DDPO_NOISE, STEP_NOISE, TRAIN_ORDER, SamplePlan, mix_seed, prefix_groups, sde_window
 from .tracking import TrackingMixin, cpu_only_multiprocess
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ __all__ = ["CHECKPOINT_PREFIX", "TRAINER_STATE_NAME", "DDPOTrainer", "PerPromptS
            "list_checkpoints", "resolve_checkpoint"]
 
 
-class DDPOTrainer(TrackingMixin, PublishingMixin):
+class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
     r"""
     Denoising Diffusion Policy Optimization with TRL v0.23.1's interface.
 
@@ -104,6 +103,7 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
         self._card_overrides: dict = {}
         self._log_prob_steps = sd_pipeline.steps_with_log_prob(config.sample_num_steps, config.sample_eta)
         self.num_train_timesteps = self._num_train_timesteps()
+        self._sde_window(0)  # a window outside the trainable steps fails here, before the first epoch
         self._setup_accelerator()
         self._setup_model()
         self.stat_tracker = (
@@ -183,8 +183,17 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
         return self._log_prob_steps
 
     def _timestep_candidates(self) -> int:
-        """How many steps, from the first, training picks from: `train_timestep_window` of the trainable ones."""
+        """How many stored steps, from the first, training picks from: the stochastic window's, or
+        `train_timestep_window` of the trainable ones."""
+        if self.config.sample_sde_window != "all":
+            return self.config.sample_sde_window_size
         return max(1, math.ceil(self._trainable_timestep_count() * self.config.train_timestep_window - 1e-9))
+
+    def _sde_window(self, epoch: int) -> tuple[int, int] | None:
+        """`(start, stop)` of the epoch's stochastic window (`config.sample_sde_window`), None for every step."""
+        c = self.config
+        return sde_window(c.sample_sde_window, c.sample_sde_window_size, c.sample_sde_window_start,
+                          c.sample_sde_window_shift_every, epoch, self._trainable_timestep_count(), c.seed)
 
     def _setup_optimizer(self, params):
         c = self.config
@@ -201,18 +210,6 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
             weight_decay=c.train_adam_weight_decay,
             eps=c.train_adam_epsilon,
         )
-
-    def _save_model_hook(self, models, weights, output_dir):
-        unwrapped = [self.accelerator.unwrap_model(m) for m in models]
-        if self.accelerator.is_main_process:
-            self.sd_pipeline.save_checkpoint(unwrapped, weights, output_dir)
-        else:
-            weights.clear()
-
-    def _load_model_hook(self, models, input_dir):
-        unwrapped = [self.accelerator.unwrap_model(m) for m in models]
-        self.sd_pipeline.load_checkpoint(unwrapped, input_dir)
-        models.clear()
 
     def set_schedule(self, sample_guidance_scale: float | None = None, train_learning_rate: float | None = None):
         """Change the guidance of the rollouts and the learning rate between two `train()` calls (a curriculum).
@@ -293,6 +290,7 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
                 [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in plan.noise_seeds[sl]]
             )
             generators = [torch.Generator(device=device).manual_seed(s) for s in plan.step_seeds[sl]]
+            window = self._sde_window(epoch)
             out = pipe.rollout(
                 conditioning,
                 repeat_rows(self.negative_conditioning, len(prompts)),
@@ -302,6 +300,9 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
                 initial_latents=initial,
                 generators=generators,
                 autocast=self.accelerator.autocast,
+                stochastic_steps=window,
+                # steps before the window are deterministic: computed once for the samples that share their noise
+                prefix_rows=prefix_groups(prompts, plan.noise_seeds[sl]) if window else None,
             )
             samples.append(
                 {
@@ -518,7 +519,11 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
         advantages = self._compute_advantages(rewards, prompts, metadata)
         components = {name: acc.gather(v.to(acc.device)).cpu().double().numpy()
                       for name, v in reward_components(reward_results).items()}
-        self._log(self._reward_log(epoch, rewards, components, metadata), step=global_step)
+        log = self._reward_log(epoch, rewards, components, metadata)
+        window = self._sde_window(epoch)
+        if window is not None:
+            log["sde_window_start"] = window[0]
+        self._log(log, step=global_step)
 
         n_local = local_rewards.shape[0]
         start = acc.process_index * n_local
@@ -567,30 +572,6 @@ class DDPOTrainer(TrackingMixin, PublishingMixin):
             self._push_final()
         self._flush_trackers()
         return global_step
-
-    # ================================================================== checkpoints
-    def save_checkpoint(self, epoch: int, global_step: int) -> str:
-        """Save the training state after `epoch` atomically (see `checkpointing.save_checkpoint`); keeps the
-        `num_checkpoint_limit` newest. A save interrupted part-way leaves the previous checkpoint loadable."""
-        state = {"epoch": epoch, "global_step": global_step, "config": self.config.to_dict()}
-        path = save_checkpoint_folder(self.accelerator, self.checkpoint_dir, epoch, state,
-                                      keep=self.config.num_checkpoint_limit)
-        self._after_checkpoint(path, epoch)
-        return path
-
-    def _after_checkpoint(self, path: str, epoch: int):
-        """Hook: after each checkpoint (Hub publishing)."""
-        if self.config.push_to_hub and self.config.hub_strategy in ("every_save", "checkpoint"):
-            self._push_checkpoint(path, epoch)
-
-    def _resume(self, resume_from: str):
-        path = resolve_checkpoint(resume_from, token=self.config.hub_token)
-        logger.info("resuming from %s", path)
-        self.accelerator.load_state(path)
-        state = read_trainer_state(path)
-        self.first_epoch = int(state["epoch"]) + 1
-        self.global_step = int(state["global_step"])
-        self.resumed_from = path
 
 
 _cpu_only_multiprocess = cpu_only_multiprocess  # the name the CLI imported before it was public

@@ -41,3 +41,39 @@ def mix_seed(*parts: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
         x = z ^ (z >> 31)
     return x & 0x7FFFFFFFFFFFFFFF
+
+
+SDE_WINDOW = 7  # purpose of the random window's seed
+
+
+def sde_window(mode: str, size: int, start: int, shift_every: int, epoch: int, trainable: int, seed: int):
+    """`(start, stop)` of the epoch's stochastic window among the first `trainable` steps, or None for every step.
+
+    Args:
+        mode (`str`): `"all"`, `"fixed"` (from `start`), `"random"` (a start drawn from `(seed, epoch)`, the same on
+            every process; Flow-GRPO-Fast) or `"sliding"` (one step later every `shift_every` epochs, then held at the
+            last position; MixGRPO).
+        size (`int`): steps in the window.
+        trainable (`int`): how many steps, from the first, may be trained; the window lies within them.
+    """
+    if mode == "all":
+        return None
+    last = trainable - size  # the latest start that keeps the window trainable
+    if last < 0 or (mode == "fixed" and start > last):
+        raise ValueError(
+            f"the stochastic window (sample_sde_window_size={size}, sample_sde_window_start={start}) must lie within "
+            f"the {trainable} trainable steps; lower sample_sde_window_size or sample_sde_window_start"
+        )
+    if mode == "fixed":
+        first = start
+    elif mode == "random":
+        first = mix_seed(seed, SDE_WINDOW, epoch) % (last + 1)
+    else:
+        first = min(epoch // shift_every, last)
+    return first, first + size
+
+
+def prefix_groups(prompts, noise_seeds) -> list[int]:
+    """One id per sample; samples with the same prompt and initial-noise seed (a GRPO group) share an id."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault((p, s), len(ids)) for p, s in zip(prompts, noise_seeds)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schedulers.ddim_with_logprob import DDPOSchedulerOutput
-from .conditioning import Conditioning, as_conditioning, num_samples, repeat_rows
+from .conditioning import Conditioning, as_conditioning, num_samples, repeat_rows, select
 
 logger = logging.getLogger(__name__)
 
@@ -54,12 +54,14 @@ class RolloutOutput:
         latents (`torch.Tensor`): (B, T + 1, C, h, w) float32, the initial noise first.
         log_probs (`torch.Tensor`): (B, T) float32 log-probability of each step's sampled latent.
         timesteps (`torch.Tensor`): (T,) the scheduler timesteps of the steps.
+        first_step (`int`): index of the first returned step (the start of a stochastic window; 0 for all steps).
     """
 
     images: torch.Tensor | None
     latents: torch.Tensor
     log_probs: torch.Tensor
     timesteps: torch.Tensor
+    first_step: int = 0
 
 
 @dataclass
@@ -265,6 +267,8 @@ class DDPOStableDiffusionPipeline:
         autocast=None,
         decode: bool = True,
         show_progress: bool = False,
+        stochastic_steps: tuple[int, int] | None = None,
+        prefix_rows=None,
     ) -> RolloutOutput:
         """Sample trajectories with the step distribution at every step (classifier-free guidance when
         `guidance_scale > 1`).
@@ -280,6 +284,13 @@ class DDPOStableDiffusionPipeline:
                 `initial_latents` is None) and every step's noise: a sample's trajectory then does not depend on the
                 batch it was drawn in.
             autocast (*optional*): a context-manager factory used around the model (mixed precision).
+            stochastic_steps (`tuple[int, int]`, *optional*): `(start, stop)`: only steps `start <= i < stop` are
+                stochastic (noise level `eta`), the others deterministic (eta 0: DDIM's deterministic step, the flow
+                ODE), and only the window is returned (`latents` (B, stop - start + 1), `log_probs` and `timesteps` of
+                its steps, `first_step = start`). Default: every step (Flow-GRPO-Fast and MixGRPO train windows).
+            prefix_rows (sequence of `int`, *optional*): (B,) ids; rows with the same id start from the same noise
+                with the same conditioning (a GRPO group), so the deterministic steps before the window are computed
+                once per id and shared, exactly as if computed per row.
         """
         from tqdm.auto import tqdm
 
@@ -304,23 +315,55 @@ class DDPOStableDiffusionPipeline:
             else:
                 initial_latents = torch.randn((batch, *shape), generator=generators, dtype=torch.float32)
         latents = self.scale_initial_noise(initial_latents.to(device=device, dtype=torch.float32))
-        all_latents = [latents]
-        all_log_probs = []
-        for t in tqdm(timesteps, desc="Sampling", leave=False, disable=not show_progress):
+        negative = negative_conditioning if cfg else None
+        start, stop = (0, len(timesteps)) if stochastic_steps is None else stochastic_steps
+        if not 0 <= start < stop <= len(timesteps):
+            raise ValueError(f"stochastic_steps={stochastic_steps} must be (start, stop) with 0 <= start < stop <= "
+                             f"{len(timesteps)} (the number of steps)")
+        first = 0
+        if prefix_rows is not None and start > 0:
+            latents = self._shared_prefix(model, latents, timesteps[:start], conditioning, negative, guidance_scale,
+                                          prefix_rows, autocast)
+            first = start
+        all_latents, all_log_probs = [], []
+        for i in tqdm(range(first, len(timesteps)), desc="Sampling", leave=False, disable=not show_progress):
+            if i == start:
+                all_latents.append(latents)
             step = self.step_distribution(
-                model, latents, t, conditioning, negative_conditioning if cfg else None, guidance_scale, eta,
+                model, latents, timesteps[i], conditioning, negative, guidance_scale, eta if start <= i < stop else 0.0,
                 generator=generators, autocast=autocast,
             )
             latents = step.latents
-            all_latents.append(latents)
-            all_log_probs.append(step.log_probs)
+            if start <= i < stop:
+                all_latents.append(latents)
+                all_log_probs.append(step.log_probs)
         images = self.decode_latents(latents) if decode else None
         return RolloutOutput(
             images=images,
-            latents=torch.stack(all_latents, dim=1),  # (B, T + 1, C, h, w)
-            log_probs=torch.stack(all_log_probs, dim=1),  # (B, T)
-            timesteps=timesteps.clone(),  # (T,)
+            latents=torch.stack(all_latents, dim=1),  # (B, W + 1, C, h, w), W = stop - start (T by default)
+            log_probs=torch.stack(all_log_probs, dim=1),  # (B, W)
+            timesteps=timesteps[start:stop].clone(),  # (W,)
+            first_step=start,
         )
+
+    def _shared_prefix(self, model, latents, timesteps, conditioning, negative, guidance_scale, prefix_rows, autocast):
+        """The deterministic steps `timesteps` computed once per id of `prefix_rows`, then given to every row."""
+        ids = [int(i) for i in prefix_rows]
+        if len(ids) != latents.shape[0]:
+            raise ValueError(f"prefix_rows has {len(ids)} ids for a batch of {latents.shape[0]}")
+        first: dict[int, int] = {}
+        for row, key in enumerate(ids):
+            first.setdefault(key, row)
+        reps = torch.tensor(list(first.values()), device=latents.device)
+        inverse = torch.tensor([list(first).index(key) for key in ids], device=latents.device)
+        if not torch.equal(latents[reps][inverse], latents):
+            raise ValueError("prefix_rows groups rows whose initial noise differs; only rows that share their noise "
+                             "(and prompt) share a prefix")
+        sub, cond = latents[reps], select(conditioning, reps)
+        neg = select(negative, reps) if negative is not None else None
+        for t in timesteps:
+            sub = self.step_distribution(model, sub, t, cond, neg, guidance_scale, 0.0, autocast=autocast).latents
+        return sub[inverse]
 
     # ------------------------------------------------------------------ saving (required)
     def save_pretrained(self, output_dir: str, fuse_lora: bool = False):

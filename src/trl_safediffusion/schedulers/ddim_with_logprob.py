@@ -87,15 +87,17 @@ def ddim_step_with_logprob(
         model_output (`torch.Tensor`): UNet output (B, C, h, w): epsilon, v or x0 by `prediction_type`.
         timestep (`torch.Tensor` or `int`): current timestep, a scalar or one per sample (B,).
         sample (`torch.Tensor`): current latent x_t (B, C, h, w).
-        eta (`float`, *optional*, defaults to `1.0`): DDIM eta, must be > 0.
+        eta (`float`, *optional*, defaults to `1.0`): DDIM eta, > 0 for a log-probability; 0 samples the
+            deterministic DDIM step (a log-probability of 0 is reported; no `prev_sample` may be scored).
         prev_sample (`torch.Tensor`, *optional*): if given, the log-probability of this x_{t-1} is returned (training);
             otherwise x_{t-1} is drawn (sampling).
         generator (`torch.Generator` or list of them, *optional*): noise source when sampling; a list gives one
             generator per sample so each sample's noise is independent of the batch it is in.
         noise (`torch.Tensor`, *optional*): explicit standard normal noise (B, C, h, w) for sampling.
     """
-    if eta <= 0:
-        raise ValueError(f"eta must be > 0 for a log-probability, got {eta}")
+    if eta < 0 or (eta == 0 and prev_sample is not None):
+        raise ValueError(f"eta must be > 0 for a log-probability, got {eta} (eta = 0 only samples the deterministic "
+                         "step, whose log-probability is reported as 0)")
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_inference_steps) before ddim_step_with_logprob")
     if getattr(scheduler.config, "thresholding", False):
@@ -149,7 +151,9 @@ def ddim_step_with_logprob(
     direction = (1 - alpha_prod_prev - std_dev_t**2).clamp(min=0).sqrt() * pred_eps
     prev_mean = alpha_prod_prev.sqrt() * pred_x0 + direction
 
-    if prev_sample is None:
+    if prev_sample is None and eta == 0:
+        prev_sample = prev_mean  # deterministic: no noise is drawn, so the generators stay where they were
+    elif prev_sample is None:
         if noise is None:
             if isinstance(generator, (list, tuple)):
                 if len(generator) != batch:
@@ -162,7 +166,10 @@ def ddim_step_with_logprob(
         prev_sample = prev_mean + std_dev_t * noise.to(device=device, dtype=torch.float32)
     prev_sample = prev_sample.float()
 
-    log_probs = gaussian_log_prob(prev_sample.detach(), prev_mean, std_dev_t)
+    if eta == 0:  # the deterministic DDIM step (outside a stochastic window): no density, reported as 0
+        log_probs = torch.zeros(batch, device=device)
+    else:
+        log_probs = gaussian_log_prob(prev_sample.detach(), prev_mean, std_dev_t)
     return DDPOSchedulerOutput(
         latents=prev_sample, log_probs=log_probs, prev_sample_mean=prev_mean, std_dev_t=std_dev_t,
         pred_original_sample=pred_x0,

@@ -157,6 +157,9 @@ def flow_sde_step_with_logprob(
             )
         prev_sample = prev_sample.float()
         log_probs = gaussian_log_prob(prev_sample.detach(), prev_mean, std)
+    elif noise_level == 0:  # the ODE step (outside a stochastic window): no noise is drawn, the generators stay put
+        prev_sample = prev_mean
+        log_probs = torch.zeros(batch, device=device)
     else:
         noise = _standard_normal(sample.shape, generator, device)
         prev_sample = prev_mean + std * noise
