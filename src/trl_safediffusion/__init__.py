@@ -21,6 +21,7 @@ _EXPORTS = {
     "DDPOStableDiffusionPipeline": ".pipelines",
     "DefaultDDPOStableDiffusionPipeline": ".pipelines",
     "DefaultDDPOStableDiffusion3Pipeline": ".pipelines",
+    "DefaultDDPOFluxPipeline": ".pipelines",
     "DDPOPipelineOutput": ".pipelines",
     "RolloutOutput": ".pipelines",
     "StepDistribution": ".pipelines",

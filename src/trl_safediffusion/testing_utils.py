@@ -214,8 +214,9 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True):
     size 1 over the packed latents: 16 channels = 4 latent channels x 2 x 2, one double and one single block, 2 heads
     of 16 with rotary axes (4, 6, 6); `guidance_embeds` as FLUX.1-dev, False for schnell), a VAE with 4 latent channels
     (downsampling by 2, FLUX's `scaling_factor` and `shift_factor`, no quant convs), a `CLIPTextModel` (hidden 32: the
-    pooled projection) with the offline CLIP tokenizer, a `T5EncoderModel` (d_model 32: the joint attention dim) with
-    `tiny_t5_tokenizer`, and FLUX.1-dev's `FlowMatchEulerDiscreteScheduler` (shift 3, dynamic shifting).
+    pooled projection) with the offline CLIP tokenizer, a `T5EncoderModel` (d_model 32: the joint attention dim, no
+    dropout) with `tiny_t5_tokenizer`, both encoders in eval mode, and FLUX.1-dev's `FlowMatchEulerDiscreteScheduler`
+    (shift 3, dynamic shifting).
 
     16 x 16 images are 8 x 8 latents, packed to 16 tokens of 16 channels.
     """
@@ -268,7 +269,8 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True):
     tokenizer_2 = tiny_t5_tokenizer()
     torch.manual_seed(seed + 2)
     text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=text_dim, d_ff=37, d_kv=8,
-                                             num_layers=2, num_heads=4, relative_attention_num_buckets=8))
+                                             num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                             dropout_rate=0.0))
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096,
@@ -277,9 +279,9 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True):
         "transformer": transformer,
         "scheduler": scheduler,
         "vae": vae,
-        "text_encoder": text_encoder,
+        "text_encoder": text_encoder.eval(),
         "tokenizer": clip_tokenizer(),
-        "text_encoder_2": text_encoder_2,
+        "text_encoder_2": text_encoder_2.eval(),
         "tokenizer_2": tokenizer_2,
     }
 
