@@ -22,6 +22,7 @@ _EXPORTS = {
     "DefaultDDPOStableDiffusionPipeline": ".pipelines",
     "DefaultDDPOStableDiffusion3Pipeline": ".pipelines",
     "DefaultDDPOStableDiffusionXLPipeline": ".pipelines",
+    "DefaultDDPOFluxPipeline": ".pipelines",
     "DDPOPipelineOutput": ".pipelines",
     "RolloutOutput": ".pipelines",
     "StepDistribution": ".pipelines",

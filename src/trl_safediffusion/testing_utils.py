@@ -1,8 +1,8 @@
 """Tiny models built from configs after `torch.manual_seed`, for the tests and the benchmarks (nothing is downloaded).
 
-Test fixtures, not library API: the library never imports this module. It holds tiny Stable Diffusion, SDXL and
-Stable Diffusion 3 pipelines (built from configs, offline tokenizers) and tiny open_clip and transformers CLIP models
-for the steering reward.
+Test fixtures, not library API: the library never imports this module. It holds tiny Stable Diffusion, SDXL,
+Stable Diffusion 3 and FLUX.1 pipelines (built from configs, offline tokenizers) and tiny open_clip and transformers
+CLIP models for the steering reward.
 """
 
 from __future__ import annotations
@@ -259,6 +259,119 @@ def tiny_sd3_pipeline(seed: int = 0, with_t5: bool = False, **kwargs):
     from diffusers import StableDiffusion3Pipeline
 
     return StableDiffusion3Pipeline(**tiny_sd3_components(seed=seed, with_t5=with_t5, **kwargs))
+
+
+def tiny_t5_tokenizer(model_max_length: int = 512):
+    """A T5 tokenizer (`T5TokenizerFast`) built offline: a `tokenizers` Unigram model over ~230 pieces (T5's
+    `<pad>` 0, `</s>` 1, `<unk>` 2, the word boundary, letters, digits, punctuation and a few whole words) with T5's
+    Metaspace pre-tokenizer and the `</s>` suffix. Saved with a pipeline, it loads back with `from_pretrained`."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    boundary = "\u2581"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (boundary, -2.0)]
+    for char in string.ascii_letters + string.digits + string.punctuation:
+        pieces += [(char, -5.0), (boundary + char, -4.0)]
+    words = ("a an the of on in with and photo picture image painting drawing portrait cat dog car tree house person "
+             "man woman object red green blue white black bright dark sky city").split()
+    pieces += [(boundary + word, -3.0) for word in words]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement=boundary, prepend_scheme="always", split=True),
+    ])
+    backend.decoder = decoders.Metaspace(replacement=boundary, prepend_scheme="always", split=True)
+    backend.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=model_max_length)
+
+
+def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True):
+    """Tiny FLUX.1 components built from configs after `torch.manual_seed(seed)`: a `FluxTransformer2DModel` (patch
+    size 1 over the packed latents: 16 channels = 4 latent channels x 2 x 2, one double and one single block, 2 heads
+    of 16 with rotary axes (4, 6, 6); `guidance_embeds` as FLUX.1-dev, False for schnell), a VAE with 4 latent channels
+    (downsampling by 2, FLUX's `scaling_factor` and `shift_factor`, no quant convs), a `CLIPTextModel` (hidden 32: the
+    pooled projection) with the offline CLIP tokenizer, a `T5EncoderModel` (d_model 32: the joint attention dim, no
+    dropout) with `tiny_t5_tokenizer`, both encoders in eval mode, and FLUX.1-dev's `FlowMatchEulerDiscreteScheduler`
+    (shift 3, dynamic shifting).
+
+    16 x 16 images are 8 x 8 latents, packed to 16 tokens of 16 channels.
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    latent_channels, text_dim = 4, 32
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=latent_channels * 4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=text_dim,
+        pooled_projection_dim=text_dim,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=(4, 6, 6),
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=latent_channels,
+        norm_num_groups=32,
+        sample_size=16,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        hidden_size=text_dim,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+    ))
+    tokenizer_2 = tiny_t5_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=text_dim, d_ff=37, d_kv=8,
+                                             num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                             dropout_rate=0.0))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    return {
+        "transformer": transformer,
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": text_encoder_2.eval(),
+        "tokenizer_2": tokenizer_2,
+    }
+
+
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
+    """A real `diffusers.FluxPipeline` built from `tiny_flux_components` (FLUX.1-dev-like with `guidance_embeds=True`,
+    schnell-like without)."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline(**tiny_flux_components(seed=seed, guidance_embeds=guidance_embeds))
 
 
 def tiny_open_clip_config(

@@ -2,6 +2,7 @@
 
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
 from .conditioning import Conditioning
+from .flux import DefaultDDPOFluxPipeline
 from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
 from .stable_diffusion_3 import DefaultDDPOStableDiffusion3Pipeline
 from .stable_diffusion_xl import DefaultDDPOStableDiffusionXLPipeline
@@ -10,6 +11,7 @@ __all__ = [
     "Conditioning",
     "DDPOPipelineOutput",
     "DDPOStableDiffusionPipeline",
+    "DefaultDDPOFluxPipeline",
     "DefaultDDPOStableDiffusion3Pipeline",
     "DefaultDDPOStableDiffusionPipeline",
     "DefaultDDPOStableDiffusionXLPipeline",
