@@ -21,6 +21,7 @@ _EXPORTS = {
     "DDPOStableDiffusionPipeline": ".pipelines",
     "DefaultDDPOStableDiffusionPipeline": ".pipelines",
     "DefaultDDPOStableDiffusion3Pipeline": ".pipelines",
+    "load_ddpo_pipeline": ".pipelines",
     "DDPOPipelineOutput": ".pipelines",
     "RolloutOutput": ".pipelines",
     "StepDistribution": ".pipelines",

@@ -2,6 +2,7 @@
 
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
 from .conditioning import Conditioning
+from .loading import MODEL_FAMILIES, ModelFamily, load_ddpo_pipeline, model_family
 from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
 from .stable_diffusion_3 import DefaultDDPOStableDiffusion3Pipeline
 
@@ -11,6 +12,10 @@ __all__ = [
     "DDPOStableDiffusionPipeline",
     "DefaultDDPOStableDiffusion3Pipeline",
     "DefaultDDPOStableDiffusionPipeline",
+    "MODEL_FAMILIES",
+    "ModelFamily",
     "RolloutOutput",
     "StepDistribution",
+    "load_ddpo_pipeline",
+    "model_family",
 ]

@@ -71,6 +71,10 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         prompt_cache_size (`int`, *optional*, defaults to `4096`): prompt embeddings cached (the text encoder is frozen).
     """
 
+    # the stock diffusers class of this family and its Hub tags (model cards, `load_ddpo_pipeline`)
+    diffusers_pipeline_class = "StableDiffusionPipeline"
+    family_tags = ("stable-diffusion",)
+
     def __init__(
         self,
         pretrained_model_name,
