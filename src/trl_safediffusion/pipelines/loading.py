@@ -69,6 +69,8 @@ class ModelFamily:
     def load(self, name_or_pipeline, **kwargs) -> DDPOStableDiffusionPipeline:
         """The adapter built over `name_or_pipeline` with `kwargs` (checked first, see [`check_kwargs`])."""
         self.check_kwargs(kwargs)
+        if isinstance(name_or_pipeline, (str, os.PathLike)):
+            name_or_pipeline = self._with_absent_components(name_or_pipeline, kwargs)
         pipeline = self.adapter_class()(name_or_pipeline, **kwargs)
         # the card metadata of an adapter class that does not declare it
         if getattr(pipeline, "diffusers_pipeline_class", None) is None:
@@ -76,6 +78,21 @@ class ModelFamily:
         if not getattr(pipeline, "family_tags", None):
             pipeline.family_tags = list(self.tags)
         return pipeline
+
+    def _with_absent_components(self, source, kwargs: dict):
+        """`source`, or the diffusers pipeline loaded from it when its model_index.json holds components as null
+        (SD3 saved without T5): diffusers' `from_pretrained` wants those passed as None. Pops `torch_dtype` then."""
+        revision = kwargs.get("pretrained_model_revision", "main")
+        absent = _absent_components(model_index(source, revision))
+        if not absent:
+            return source
+        import diffusers
+
+        loading = {"revision": revision}
+        if kwargs.get("torch_dtype") is not None:
+            loading["torch_dtype"] = kwargs.pop("torch_dtype")
+        pipeline_class = getattr(diffusers, self.pipeline_class)
+        return pipeline_class.from_pretrained(os.path.expanduser(str(source)), **loading, **dict.fromkeys(absent))
 
 
 _PIPELINES = "trl_safediffusion.pipelines"
@@ -226,22 +243,7 @@ def load_ddpo_pipeline(name_or_pipeline, **kwargs) -> DDPOStableDiffusionPipelin
             raise ValueError(f"{_ARGUMENT} is already a {type(name_or_pipeline).__name__}; it is returned as is, so "
                              f"{', '.join(sorted(kwargs))} cannot be applied: pass the diffusers pipeline or its name")
         return name_or_pipeline
-    revision = kwargs.get("pretrained_model_revision", "main")
-    if not isinstance(name_or_pipeline, (str, os.PathLike)):
-        return model_family(name_or_pipeline, revision).load(name_or_pipeline, **kwargs)
-    index = model_index(name_or_pipeline, revision)
-    family = family_for_class(index["_class_name"])
-    family.check_kwargs(kwargs)
-    absent = _absent_components(index)
-    if absent:
-        # diffusers' from_pretrained asks for a component saved as null (SD3 without T5) to be passed as None
-        import diffusers
-
-        loading = {"revision": revision, **({"torch_dtype": kwargs.pop("torch_dtype")} if "torch_dtype" in kwargs
-                                            else {})}
-        pipeline_class = getattr(diffusers, family.pipeline_class)
-        name_or_pipeline = pipeline_class.from_pretrained(os.path.expanduser(str(name_or_pipeline)), **loading,
-                                                          **dict.fromkeys(absent))
+    family = model_family(name_or_pipeline, revision=kwargs.get("pretrained_model_revision", "main"))
     return family.load(name_or_pipeline, **kwargs)
 
 
