@@ -180,7 +180,7 @@ def test_cli_trains_sd3_from_yaml_and_its_card_loads_it_with_its_pipeline_class(
     assert "from diffusers import StableDiffusion3Pipeline" in card
     assert "StableDiffusion3Pipeline.from_pretrained" in card and "load_lora_weights" in card
     assert "StableDiffusionPipeline" not in card
-    assert "the transformer of" in card and "flow SDE noise level (eta)" in card
+    assert "the transformer of" in card and "Flow SDE noise level (eta)" in card
     metadata = yaml.safe_load(card.split("---")[1])
     assert "stable-diffusion-3" in metadata["tags"] and metadata["pipeline_tag"] == "text-to-image"
 

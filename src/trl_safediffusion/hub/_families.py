@@ -20,7 +20,7 @@ class CardFamily:
 
     def recipe_labels(self) -> dict[str, str]:
         """Display names of the recipe keys whose meaning depends on the family."""
-        eta = "DDIM eta" if self.sampler == "DDIM" else f"{self.sampler} noise level (eta)"
+        eta = "DDIM eta" if self.sampler == "DDIM" else f"{self.sampler[:1].upper()}{self.sampler[1:]} noise level (eta)"
         return {"sample_num_steps": f"Sampler steps ({self.sampler})", "sample_eta": eta,
                 "trainable_modules": f"Trained {self.denoiser} modules"}
 
