@@ -23,6 +23,7 @@ _EXPORTS = {
     "DefaultDDPOStableDiffusion3Pipeline": ".pipelines",
     "DefaultDDPOStableDiffusionXLPipeline": ".pipelines",
     "DefaultDDPOFluxPipeline": ".pipelines",
+    "load_ddpo_pipeline": ".pipelines",
     "DDPOPipelineOutput": ".pipelines",
     "RolloutOutput": ".pipelines",
     "StepDistribution": ".pipelines",

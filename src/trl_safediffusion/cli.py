@@ -24,6 +24,7 @@ from typing import Any
 from .argparsing import TRUE_WORDS, CLIError, SafeDiffusionParser, convert_value, load_yaml_config, suggest
 from .script_args import (
     CLIP_BACKENDS,
+    FAMILY_OPTIONS,
     METRICS,
     REWARDS,
     DataArguments,
@@ -333,6 +334,24 @@ def _resolve_resume(config):
     return dataclasses.replace(config, resume_from=path)
 
 
+def _model_family_and_kwargs(model_path: str, model_args: ModelArguments):
+    """The model family of `pretrained_model` (from its `model_index.json`) and its adapter's keyword arguments; a
+    family option (`FAMILY_OPTIONS`) set for a family that does not take it is a `CLIError` naming both."""
+    from .pipelines.loading import model_family
+
+    kwargs = {"pretrained_model_revision": model_args.pretrained_revision, "use_lora": model_args.use_lora,
+              "lora_rank": model_args.lora_rank, "lora_alpha": model_args.lora_alpha}
+    if model_args.trainable_modules is not None:
+        kwargs["trainable_modules"] = model_args.trainable_modules
+    options = {name: getattr(model_args, name) for name in FAMILY_OPTIONS if getattr(model_args, name) is not None}
+    try:
+        family = model_family(model_path, revision=model_args.pretrained_revision, argument="pretrained_model")
+        family.check_kwargs({**kwargs, **options})
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return family, {**kwargs, **options}
+
+
 def _push_failure_message(err, output_dir: str, config) -> str:
     private = " --private" if config.hub_private_repo else ""
     return (f"the model was trained, but pushing it to the Hub {err.repo_type} repo {err.repo_id!r} failed: "
@@ -348,7 +367,6 @@ def run_train(argv: list[str] | None = None) -> str:
     from .grpo_trainer import SafeDDPOGRPOTrainer
     from .hooks import ImageGridHook
     from .hub import HubPushError
-    from .pipelines.stable_diffusion import DefaultDDPOStableDiffusionPipeline
 
     state = process_state()
     logger.info("process %d of %d, device %s", state.process_index, state.num_processes, state.device)
@@ -366,12 +384,13 @@ def run_train(argv: list[str] | None = None) -> str:
 
         model_path = toy_pipeline_path()
     _check_model_cached("pretrained_model", model_path, model_args.pretrained_revision)
+    family, pipeline_kwargs = _model_family_and_kwargs(model_path, model_args)
     reward = _load_or_explain("clip_model", reward_args.clip_model, lambda: build_reward(reward_args, state.device))
-    pipeline = _load_or_explain("pretrained_model", model_path, lambda: DefaultDDPOStableDiffusionPipeline(
-        model_path, pretrained_model_revision=model_args.pretrained_revision,
-        use_lora=model_args.use_lora, lora_rank=model_args.lora_rank, lora_alpha=model_args.lora_alpha,
-        trainable_modules=model_args.trainable_modules,
-    ))
+    try:
+        pipeline = _load_or_explain("pretrained_model", model_path,
+                                    lambda: family.load(model_path, **pipeline_kwargs))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     hook = None
     if out_args.log_images:
         hook = ImageGridHook(every_n_calls=out_args.log_images_every, label_column=config.label_column)

@@ -68,6 +68,8 @@ class PublishingMixin:
             "recipe": self._recipe(),
             "reward": describe_reward(self.reward_fn),
             "tags": list(self._tag_names),
+            "pipeline_class": self.sd_pipeline.diffusers_pipeline_class_name,
+            "family_tags": list(getattr(self.sd_pipeline, "family_tags", None) or []),
         }
 
     def save_pretrained(self, save_directory: str | None = None, fuse_lora: bool = False):

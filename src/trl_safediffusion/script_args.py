@@ -13,8 +13,8 @@ class ModelArguments:
 
     pretrained_model: str = field(
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        metadata={"help": "Hub id or local folder of a diffusers Stable Diffusion pipeline (SD 1.x / 2.x), or 'toy' for "
-                  "the embedded toy pipeline."},
+        metadata={"help": "Hub id or local folder of a diffusers pipeline: Stable Diffusion 1.x / 2.x, SDXL, SD3 / SD3.5 "
+                  "or FLUX (the adapter is chosen from its model_index.json), or 'toy' for the embedded toy pipeline."},
     )
     pretrained_revision: str = field(default="main", metadata={"help": "Hub revision of pretrained_model."})
     use_lora: bool = field(
@@ -27,6 +27,23 @@ class ModelArguments:
         metadata={"help": "With use_lora=false: train only the UNet parameters whose names contain one of these "
                   "comma-separated parts, e.g. 'attn2' (cross-attention); the rest stays frozen."},
     )
+    sample_height: int | None = field(
+        default=None,
+        metadata={"help": "Image height of the rollouts (SDXL, SD3, FLUX; default: the model's native size). An error "
+                  "for a family whose adapter samples at its native size only (SD 1.x / 2.x)."},
+    )
+    sample_width: int | None = field(
+        default=None, metadata={"help": "Image width of the rollouts, as sample_height."}
+    )
+    guidance: float | None = field(
+        default=None,
+        metadata={"help": "FLUX only: the distilled guidance fed to the transformer (default: the adapter's, 3.5); "
+                  "the CFG scale is sample_guidance_scale (1.0 for FLUX.1-dev)."},
+    )
+
+
+# ModelArguments fields that only some families' adapters take: passed to the adapter when set, under the same name.
+FAMILY_OPTIONS = ("sample_height", "sample_width", "guidance")
 
 
 @dataclass

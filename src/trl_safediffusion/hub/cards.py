@@ -23,6 +23,7 @@ from ._card_sections import (
     _is_steering_reward,
     _reward_section,
 )
+from ._families import DEFAULT_PIPELINE_CLASS, card_family
 from ._markdown import _bibtex_block, _table
 from .errors import _network_error_types, redact, scrub_tokens
 
@@ -104,6 +105,9 @@ class SafeDiffusionCardInfo:
             or, for a local folder, its folder name.
         repo_id (`str`, *optional*): repo id used in the loading snippet.
         tags (`list[str]`, *optional*): extra tags (e.g. the trainer's), added to the library tags.
+        pipeline_class (`str`, *optional*): the stock diffusers pipeline class of the model's family (e.g.
+            `"StableDiffusion3Pipeline"`), which the loading code uses; `StableDiffusionPipeline` when `None`.
+        family_tags (`list[str]`, *optional*): Hub tags of the model's family (e.g. `["stable-diffusion-3"]`).
         extra (`dict`, *optional*): further run details (e.g. `dataset_size`), listed after the recipe.
         recipe_labels (`dict[str, str]`, *optional*): display names of `recipe` keys in the card's table, e.g.
             `{"num_generations": "Group size"}`; they win over `RECIPE_LABELS`, and a key named nowhere is shown as is.
@@ -124,6 +128,8 @@ class SafeDiffusionCardInfo:
     model_name: str | None = None
     repo_id: str | None = None
     tags: list[str] = field(default_factory=list)
+    pipeline_class: str | None = None
+    family_tags: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     recipe_labels: dict[str, str] = field(default_factory=dict)
 
@@ -243,14 +249,14 @@ def framework_versions() -> dict[str, str]:
 _CARD_HEAD = "\n# {model_name}\n\n{intro}\n\n"
 _INTRO = "A {kind}, {method}.\n\nTrained with {trainer}the trl-safediffusion library."
 _DEFAULT_METHOD = "fine-tuned with reinforcement learning"
-_KIND_FULL = "full Stable Diffusion pipeline (diffusers format, safetensors)"
-_KIND_LORA = "LoRA adapter (`{weights}`) for the UNet of `{base}`"
+_KIND_FULL = "full {family} pipeline (diffusers format, safetensors)"
+_KIND_LORA = "LoRA adapter (`{weights}`) for the {denoiser} of `{base}`"
 _LOAD_SNIPPET = """```python
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import {cls}
 
-pipe = StableDiffusionPipeline.from_pretrained("{pretrained}", torch_dtype=torch.float16).to("cuda"){where}
-{load_lora}image = pipe("a photo of a cat", num_inference_steps=50, guidance_scale=5.0).images[0]
+pipe = {cls}.from_pretrained("{pretrained}", torch_dtype=torch.{dtype}).to("cuda"){where}
+{load_lora}image = pipe("a photo of a cat", num_inference_steps={steps}, guidance_scale={guidance}).images[0]
 ```"""
 _LOAD_LORA = 'pipe.load_lora_weights("{repo}")\n'
 _LOCAL_BASE_COMMENT = "  # the local base folder it was trained from"
@@ -304,16 +310,24 @@ class _CardFacts:
 
 
 def _intro(facts: _CardFacts) -> str:
-    info = facts.info
-    kind = _KIND_LORA.format(weights=LORA_WEIGHT_NAME, base=facts.base_name or "<base-model-id>") if info.lora else _KIND_FULL
+    info, family = facts.info, card_family(facts.info.pipeline_class)
+    if info.lora:
+        kind = _KIND_LORA.format(weights=LORA_WEIGHT_NAME, denoiser=family.denoiser,
+                                 base=facts.base_name or "<base-model-id>")
+    else:
+        kind = _KIND_FULL.format(family=family.name)
     method = (info.method or _DEFAULT_METHOD).rstrip(". ")
     return _INTRO.format(kind=kind, method=method, trainer=f"the `{info.trainer}` of " if info.trainer else "")
 
 
 def _load_section(facts: _CardFacts) -> str:
+    family = card_family(facts.info.pipeline_class)
+    stock = {"cls": facts.info.pipeline_class or DEFAULT_PIPELINE_CLASS, "dtype": family.dtype, "steps": family.steps,
+             "guidance": family.guidance_scale}
     if not facts.info.lora:
-        return _LOAD_SNIPPET.format(pretrained=facts.repo, where="", load_lora="")
+        return _LOAD_SNIPPET.format(pretrained=facts.repo, where="", load_lora="", **stock)
     return _LOAD_SNIPPET.format(
+        **stock,
         pretrained=facts.base_name or "<base-model-id>",
         where=_LOCAL_BASE_COMMENT if facts.local_base else "",
         load_lora=_LOAD_LORA.format(repo=facts.repo),
@@ -323,12 +337,12 @@ def _load_section(facts: _CardFacts) -> str:
 def _recipe_section(facts: _CardFacts) -> str:
     """The recipe table: base model, trainer and what was fine-tuned, then every recipe key in the caller's order
     (named by `info.recipe_labels`, else `RECIPE_LABELS`, else the key itself), then the run details."""
-    info, recipe = facts.info, facts.recipe
-    labels = {**RECIPE_LABELS, **info.recipe_labels}
+    info, recipe, family = facts.info, facts.recipe, card_family(facts.info.pipeline_class)
+    labels = {**RECIPE_LABELS, **family.recipe_labels(), **info.recipe_labels}
     if info.lora or recipe.get("lora"):
         tuned = "LoRA"
     else:
-        tuned = "part of the UNet" if recipe.get("trainable_modules") else "full UNet"
+        tuned = f"part of the {family.denoiser}" if recipe.get("trainable_modules") else f"full {family.denoiser}"
     rows = [
         ("Base model", (f"{facts.base_name} (local folder)" if facts.local_base else facts.base_name) or "unknown"),
         ("Trainer", info.trainer or "unknown"),
@@ -398,8 +412,8 @@ def build_model_card(info: SafeDiffusionCardInfo, folder_name: str | None = None
         pipeline_tag="text-to-image",
         base_model=info.base_model if facts.base_is_hub else None,
         license=info.license,
-        tags=list(dict.fromkeys([*LIBRARY_TAGS, "diffusers", "text-to-image", *(["lora"] if info.lora else []),
-                                 *info.tags])),
+        tags=list(dict.fromkeys([*LIBRARY_TAGS, "diffusers", "text-to-image", *info.family_tags,
+                                 *(["lora"] if info.lora else []), *info.tags])),
         datasets=facts.hub_datasets or None,
         model_name=facts.model_name if eval_entries else None,
         eval_results=eval_entries or None,

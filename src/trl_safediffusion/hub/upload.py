@@ -89,7 +89,16 @@ def save_pipeline_for_hub(pipeline, folder: str, *, lora: bool | None = None, fu
 
             DiffusersPipelineView(pipeline).save_lora(folder)
     info = card_info or SafeDiffusionCardInfo()
-    write_model_card(folder, SafeDiffusionCardInfo(**{**info.__dict__, "lora": lora and not fuse}))
+    family = {}
+    if not info.pipeline_class:  # the loading code and tags of the pipeline's family
+        from ..pipelines.loading import family_of
+
+        found = family_of(pipeline)
+        family = {"pipeline_class": getattr(pipeline, "diffusers_pipeline_class_name", None) or (
+            found.pipeline_class if found else None)}
+        family["family_tags"] = info.family_tags or list(getattr(pipeline, "family_tags", None) or
+                                                         (found.tags if found else []))
+    write_model_card(folder, SafeDiffusionCardInfo(**{**info.__dict__, **family, "lora": lora and not fuse}))
     return folder
 
 

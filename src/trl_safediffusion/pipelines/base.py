@@ -103,7 +103,8 @@ class DDPOStableDiffusionPipeline:
 
     Attributes read by the trainers and model cards: `use_lora`, `lora_weights_untrained` (True while LoRA adapters
     hold the weights they were created with: the trainer then calls `init_lora_weights(config.seed)` so that the seed
-    alone decides them), `pretrained_model_name`, `lora_rank`, `trainable_modules`.
+    alone decides them), `pretrained_model_name`, `lora_rank`, `trainable_modules`, `diffusers_pipeline_class_name` and
+    `family_tags`.
     """
 
     use_lora: bool = False
@@ -111,6 +112,8 @@ class DDPOStableDiffusionPipeline:
     pretrained_model_name: str | None = None
     lora_rank: int | None = None
     trainable_modules: list[str] | None = None
+    diffusers_pipeline_class_name: str | None = None  # the family's stock diffusers class (model cards, loading)
+    family_tags: tuple[str, ...] = ()  # the family's Hub tags (model cards)
 
     # ------------------------------------------------------------------ the trainable model (required)
     @property

@@ -78,6 +78,8 @@ class DefaultDDPOFluxPipeline(KeepsBaseWeights, DDPOStableDiffusionPipeline):
     """
 
     model_component = "transformer"
+    diffusers_pipeline_class_name = "FluxPipeline"
+    family_tags = ("flux",)
 
     def __init__(
         self,

@@ -74,6 +74,7 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
     # the diffusers pipeline class this adapter wraps, loads and saves as (a name in `diffusers`), and the name of the
     # constructor argument that takes it (what the loading error names)
     diffusers_pipeline_class_name = "StableDiffusionPipeline"
+    family_tags = ("stable-diffusion",)  # the family's Hub tags (model cards)
     _pretrained_argument = "pretrained_model_name"
 
     @classmethod

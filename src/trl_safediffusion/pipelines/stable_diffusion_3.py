@@ -71,6 +71,9 @@ class DefaultDDPOStableDiffusion3Pipeline(KeepsBaseWeights, DDPOStableDiffusionP
     """
 
     model_component = "transformer"
+    # the stock diffusers class of this family and its Hub tags (model cards, `load_ddpo_pipeline`)
+    diffusers_pipeline_class_name = "StableDiffusion3Pipeline"
+    family_tags = ("stable-diffusion-3",)
 
     def __init__(
         self,

@@ -64,6 +64,7 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
     """
 
     diffusers_pipeline_class_name = "StableDiffusionXLPipeline"
+    family_tags = ("stable-diffusion-xl",)
     _pretrained_argument = "pretrained_model_name_or_pipeline"
 
     def __init__(
