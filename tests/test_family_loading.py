@@ -93,8 +93,10 @@ def test_a_folder_that_is_not_a_pipeline_and_a_missing_hub_id_are_one_line_error
 
 
 def test_an_option_the_adapter_does_not_take_is_named():
-    with pytest.raises(ValueError, match="^sample_height: the Stable Diffusion family's adapter"):
-        load_ddpo_pipeline(tiny_sd_pipeline(), sample_height=16)
+    with pytest.raises(ValueError, match="^guidance: the Stable Diffusion family's adapter"):
+        load_ddpo_pipeline(tiny_sd_pipeline(), guidance=3.5)
+    # every family takes its training resolution
+    assert load_ddpo_pipeline(tiny_sd_pipeline(), sample_height=16, sample_width=32).latent_shape() == (4, 8, 16)
 
 
 def test_the_hub_id_is_resolved_from_its_model_index(monkeypatch, sd3_dir):
@@ -188,12 +190,12 @@ def test_cli_trains_sd3_from_yaml_and_its_card_loads_it_with_its_pipeline_class(
 def test_cli_names_an_option_the_family_does_not_take(tmp_path, sd_dir, capsys):
     from trl_safediffusion.cli import main
 
-    recipe = _sd3_recipe(tmp_path, sd_dir)  # the SD 1.x adapter samples at its native size only
+    recipe = _sd3_recipe(tmp_path, sd_dir, guidance=3.5)  # FLUX's distilled guidance: no other family takes it
     assert main(["train", "--config", str(recipe), "--logdir", str(tmp_path / "logs")]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in err
-    assert "sample_height" in lines[0] and "Stable Diffusion family" in lines[0]
+    assert "guidance" in lines[0] and "Stable Diffusion family" in lines[0]
 
 
 def test_cli_names_an_unsupported_pipeline_class(tmp_path, capsys):
@@ -246,3 +248,30 @@ def test_the_family_recipes_set_the_family_s_sampling():
     assert (config.sample_guidance_scale, model.guidance, model.sample_height) == (1.0, 3.5, 512)
     config, model, *_ = parsed("safediffusion_r1_sdxl_lora.yaml")
     assert model.pretrained_model == "stabilityai/stable-diffusion-xl-base-1.0" and model.use_lora
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_cli_trains_sdxl_and_flux_from_yaml(tmp_path, family):
+    from trl_safediffusion import testing_utils
+    from trl_safediffusion.cli import main
+
+    folder = tmp_path / family
+    getattr(testing_utils, f"tiny_{family}_pipeline")(seed=0).save_pretrained(str(folder))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "pretrained_model": str(folder), "dataset": str(prompts), "reward": "brightness", "num_epochs": 1,
+        "sample_num_steps": 2, "sample_eta": 0.7 if family == "flux" else 1.0, "sample_batch_size": 2,
+        "sample_num_batches_per_epoch": 1, "train_batch_size": 2, "num_generations": 2, "mixed_precision": "no",
+        "save_freq": 0, "sample_guidance_scale": 1.0 if family == "flux" else 2.0, "lora_rank": 2,
+        "log_images": False,
+    }))
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(recipe), "--logdir", str(tmp_path / "logs"), "--output_dir", str(out)]) == 0
+    assert os.path.isfile(out / "pytorch_lora_weights.safetensors")
+    card = (out / "README.md").read_text()
+    stock = {"sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}[family]
+    assert f"{stock}.from_pretrained" in card and "load_lora_weights" in card
+    tag = {"sdxl": "stable-diffusion-xl", "flux": "flux"}[family]
+    assert tag in yaml.safe_load(card.split("---")[1])["tags"]

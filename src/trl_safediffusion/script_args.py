@@ -29,8 +29,8 @@ class ModelArguments:
     )
     sample_height: int | None = field(
         default=None,
-        metadata={"help": "Image height of the rollouts (SDXL, SD3, FLUX; default: the model's native size). An error "
-                  "for a family whose adapter samples at its native size only (SD 1.x / 2.x)."},
+        metadata={"help": "Image height of the training rollouts, a multiple of the VAE factor (default: the model's "
+                  "native size; Flow-GRPO trains SD3.5 at 512 px)."},
     )
     sample_width: int | None = field(
         default=None, metadata={"help": "Image width of the rollouts, as sample_height."}

@@ -31,6 +31,17 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample.float() / 2 + 0.5
 
 
+def _checked_size(name: str, value, default: int, factor: int) -> int:
+    """`value` (or `default` when None) as an image side: a positive multiple of the VAE factor."""
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
+        raise ValueError(
+            f"{name} must be a positive multiple of the VAE downsampling factor {factor}, got {value!r}; e.g. "
+            f"{default} (the UNet's native size)"
+        )
+    return value
+
+
 def fuse_lora_unet(unet, dtype: torch.dtype | None = None):
     """A plain `UNet2DConditionModel` (no peft layers) whose weights are `unet`'s with its LoRA adapters merged, in
     `dtype` (by default the dtype of `unet`'s base weights), on the CPU. The merge runs on the CPU in the dtypes the
@@ -69,6 +80,9 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
             2023, erases prompt-bound concepts this way). The rest of the UNet stays frozen. Needs `use_lora=False`.
         torch_dtype (`torch.dtype`, *optional*): dtype used to load the pipeline.
         prompt_cache_size (`int`, *optional*, defaults to `4096`): prompt embeddings cached (the text encoder is frozen).
+        sample_height (`int`, *optional*): height of the training rollouts' images, a multiple of the VAE factor
+            (default: the UNet's native size, 512 for SD 1.5).
+        sample_width (`int`, *optional*): width of the training rollouts' images, as `sample_height`.
     """
 
     # the diffusers pipeline class this adapter wraps, loads and saves as (a name in `diffusers`), and the name of the
@@ -96,8 +110,12 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         trainable_modules=None,
         torch_dtype: torch.dtype | None = None,
         prompt_cache_size: int = 4096,
+        sample_height: int | None = None,
+        sample_width: int | None = None,
     ):
         from diffusers import DDIMScheduler
+
+        self._requested_size = (sample_height, sample_width)
 
         pipeline_class = self.diffusers_pipeline_class()
         if isinstance(pretrained_model_name, pipeline_class):
@@ -176,8 +194,13 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         self._original_tensors: dict[str, dict[str, torch.Tensor]] = {}
 
     def _check_pipeline(self):
-        """Called once the diffusers pipeline is loaded, before anything changes it: a family checks its
-        settings against the components here (nothing to check for Stable Diffusion)."""
+        """Checks on the loaded pipeline before anything is changed: the sample size (a positive multiple of the VAE
+        factor)."""
+        factor = 2 ** (len(self.sd_pipeline.vae.config.block_out_channels) - 1)
+        native = self.sd_pipeline.unet.config.sample_size * factor
+        height, width = self._requested_size
+        self.sample_height = _checked_size("sample_height", height, native, factor)
+        self.sample_width = _checked_size("sample_width", width, native, factor)
 
     # ------------------------------------------------------------------ components
     @property
@@ -316,8 +339,8 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        height = height or self.unet.config.sample_size * factor
-        width = width or self.unet.config.sample_size * factor
+        height = height or self.sample_height
+        width = width or self.sample_width
         if height % factor or width % factor:
             raise ValueError(f"height and width must be multiples of the VAE factor {factor}, got {height}x{width}")
         return (self.unet.config.in_channels, height // factor, width // factor)

@@ -14,20 +14,9 @@ import torch
 
 from .base import DDPOPipelineOutput
 from .conditioning import Conditioning
-from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
+from .stable_diffusion import DefaultDDPOStableDiffusionPipeline, _checked_size
 
 logger = logging.getLogger(__name__)
-
-
-def _checked_size(name: str, value, default: int, factor: int) -> int:
-    """`value` (or `default` when None) as an image side: a positive multiple of the VAE factor."""
-    value = default if value is None else value
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % factor:
-        raise ValueError(
-            f"{name} must be a positive multiple of the VAE downsampling factor {factor}, got {value!r}; e.g. "
-            f"{default} (the UNet's native size)"
-        )
-    return value
 
 
 class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
@@ -82,7 +71,6 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
         sample_width: int | None = None,
         prompt_cache_size: int = 4096,
     ):
-        self._requested_size = (sample_height, sample_width)
         super().__init__(
             pretrained_model_name_or_pipeline,
             pretrained_model_revision=pretrained_model_revision,
@@ -93,6 +81,8 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
             trainable_modules=trainable_modules,
             torch_dtype=torch_dtype,
             prompt_cache_size=prompt_cache_size,
+            sample_height=sample_height,
+            sample_width=sample_width,
         )
 
     def _check_pipeline(self):
