@@ -18,16 +18,13 @@ from .tokenization import clip_tokenizer
 _CONFIG_DIR: str | None = None  # per-process folder of registered open_clip configs
 
 
-def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 8, cross_attention_dim: int = 32):
-    """Tiny UNet (~1M parameters), VAE and CLIP text encoder built from configs after `torch.manual_seed(seed)`.
-
-    The VAE downsamples by 2, so `sample_size=8` latents decode to 16x16 images.
-    """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _tiny_unet(seed: int, sample_size: int, cross_attention_dim: int, **config):
+    """A two-level `UNet2DConditionModel` (channels 32, 64, one cross-attention level) built after
+    `torch.manual_seed(seed)`; `config` adds or overrides config entries."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=sample_size,
@@ -36,50 +33,93 @@ def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon", sample_s
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=8,
         norm_num_groups=32,
+        **config,
     )
+
+
+def _tiny_vae(seed: int, sample_size: int, latent_channels: int = 4, **config):
+    """A two-level `AutoencoderKL` (channels 32, 64: it downsamples by 2) built after `torch.manual_seed(seed)`;
+    `config` adds config entries (the family's `scaling_factor`, `shift_factor`, ...)."""
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=[32, 64],
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=32,
-        sample_size=sample_size * 2,
+        sample_size=sample_size,
+        **config,
     )
+
+
+def _tiny_clip_text(model_class, seed: int, hidden_size: int, num_hidden_layers: int, **config):
+    """A transformers CLIP text encoder of `model_class` (`CLIPTextModel` or `CLIPTextModelWithProjection`) over the
+    CLIP vocabulary, built after `torch.manual_seed(seed)`; `config` adds `CLIPTextConfig` entries."""
+    from transformers import CLIPTextConfig
+
     torch.manual_seed(seed)
-    text_config = CLIPTextConfig(
+    return model_class(CLIPTextConfig(
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=49407,
-        hidden_size=cross_attention_dim,
+        hidden_size=hidden_size,
         intermediate_size=37,
         layer_norm_eps=1e-05,
         num_attention_heads=4,
-        num_hidden_layers=5,
+        num_hidden_layers=num_hidden_layers,
         vocab_size=49408,
         max_position_embeddings=77,
-        projection_dim=cross_attention_dim,
-    )
-    text_encoder = CLIPTextModel(text_config)
-    scheduler = DDIMScheduler(
+        **config,
+    ))
+
+
+def _tiny_t5(seed: int, vocab_size: int, d_model: int, **config):
+    """A two-layer transformers `T5EncoderModel` built after `torch.manual_seed(seed)`; `config` adds `T5Config`
+    entries."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                   relative_attention_num_buckets=8, **config))
+
+
+def _tiny_ddim(**config):
+    """Stable Diffusion's `DDIMScheduler` (scaled-linear betas 0.00085 to 0.012, steps offset 1); `config` adds
+    config entries."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
-        prediction_type=prediction_type,
         steps_offset=1,
+        **config,
     )
+
+
+def tiny_sd_components(seed: int = 0, prediction_type: str = "epsilon", sample_size: int = 8, cross_attention_dim: int = 32):
+    """Tiny UNet (~1M parameters), VAE and CLIP text encoder built from configs after `torch.manual_seed(seed)`.
+
+    The VAE downsamples by 2, so `sample_size=8` latents decode to 16x16 images.
+    """
+    from transformers import CLIPTextModel
+
+    unet = _tiny_unet(seed, sample_size, cross_attention_dim, attention_head_dim=8)
+    vae = _tiny_vae(seed, sample_size * 2)
+    text_encoder = _tiny_clip_text(CLIPTextModel, seed, cross_attention_dim, 5, projection_dim=cross_attention_dim)
     return {
         "unet": unet,
         "vae": vae,
         "text_encoder": text_encoder,
         "tokenizer": clip_tokenizer(),
-        "scheduler": scheduler,
+        "scheduler": _tiny_ddim(prediction_type=prediction_type),
         "safety_checker": None,
         "feature_extractor": None,
         "image_encoder": None,
@@ -102,60 +142,23 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 8, text_dims: tuple[i
     a `CLIPTextModelWithProjection`, the offline CLIP tokenizer twice, a VAE that downsamples by 2 (`sample_size=8`
     latents decode to 16x16 images, with `force_upcast` as SDXL's VAE has it) and a DDIM scheduler.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    def text_config(hidden: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=hidden, intermediate_size=37,
-            layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=3, vocab_size=49408,
-            max_position_embeddings=77, projection_dim=pooled_dim, hidden_act="gelu",
-        )
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=sample_size,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
+        seed,
+        sample_size,
+        sum(text_dims),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
         transformer_layers_per_block=(1, 1),
         projection_class_embeddings_input_dim=pooled_dim + 6 * time_embed_dim,
-        cross_attention_dim=sum(text_dims),
-        norm_num_groups=32,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=sample_size * 2,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(text_config(text_dims[0]))
-    torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config(text_dims[1]))
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    vae = _tiny_vae(seed, sample_size * 2, scaling_factor=0.13025, force_upcast=True)
+    text = {"projection_dim": pooled_dim, "hidden_act": "gelu"}
+    text_encoder = _tiny_clip_text(CLIPTextModel, seed, text_dims[0], 3, **text)
+    text_encoder_2 = _tiny_clip_text(CLIPTextModelWithProjection, seed + 1, text_dims[1], 3, **text)
     return {
         "unet": unet,
         "vae": vae,
@@ -163,7 +166,7 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 8, text_dims: tuple[i
         "text_encoder_2": text_encoder_2,
         "tokenizer": clip_tokenizer(),
         "tokenizer_2": clip_tokenizer(),
-        "scheduler": scheduler,
+        "scheduler": _tiny_ddim(timestep_spacing="leading"),
     }
 
 
@@ -184,8 +187,8 @@ def tiny_sd3_components(seed: int = 0, with_t5: bool = False, sample_size: int =
     tokenizer cannot be built offline); otherwise `text_encoder_3` and `tokenizer_3` are None, as diffusers allows.
     `sample_size=8` latents decode to 16x16 images.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
@@ -201,45 +204,15 @@ def tiny_sd3_components(seed: int = 0, with_t5: bool = False, sample_size: int =
         out_channels=4,
         pos_embed_max_size=16,
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=sample_size * 2,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    encoders = []
-    for offset in (0, 1):
-        torch.manual_seed(seed + offset)
-        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=32,
-            hidden_act="gelu",
-        )))
+    vae = _tiny_vae(seed, sample_size * 2, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                    use_post_quant_conv=False)
+    encoders = [
+        _tiny_clip_text(CLIPTextModelWithProjection, seed + offset, 32, 2, projection_dim=32, hidden_act="gelu")
+        for offset in (0, 1)
+    ]
     text_encoder_3 = tokenizer_3 = None
     if with_t5:
-        from transformers import T5Config, T5EncoderModel
-
-        torch.manual_seed(seed + 2)
-        text_encoder_3 = T5EncoderModel(T5Config(vocab_size=49408, d_model=64, d_ff=37, d_kv=8, num_layers=2,
-                                                 num_heads=4, relative_attention_num_buckets=8))
+        text_encoder_3 = _tiny_t5(seed + 2, 49408, 64)
         tokenizer_3 = clip_tokenizer()
     return {
         "transformer": transformer,
@@ -300,8 +273,8 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True):
 
     16 x 16 images are 8 x 8 latents, packed to 16 tokens of 16 channels.
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel
 
     latent_channels, text_dim = 4, 32
     torch.manual_seed(seed)
@@ -317,40 +290,11 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True):
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 6, 6),
     )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=latent_channels,
-        norm_num_groups=32,
-        sample_size=16,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    torch.manual_seed(seed + 1)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-        hidden_size=text_dim,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=49408,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-    ))
+    vae = _tiny_vae(seed, 16, latent_channels, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                    use_post_quant_conv=False)
+    text_encoder = _tiny_clip_text(CLIPTextModel, seed + 1, text_dim, 2, hidden_act="gelu")
     tokenizer_2 = tiny_t5_tokenizer()
-    torch.manual_seed(seed + 2)
-    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=text_dim, d_ff=37, d_kv=8,
-                                             num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-                                             dropout_rate=0.0))
+    text_encoder_2 = _tiny_t5(seed + 2, len(tokenizer_2), text_dim, dropout_rate=0.0)
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096,

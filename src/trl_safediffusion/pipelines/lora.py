@@ -1,6 +1,6 @@
 """peft LoRA helpers shared by the adapters, for any diffusers model (a UNet, a transformer).
 
-The Stable Diffusion adapter has the same logic written for its UNet; these are the model-agnostic versions.
+The Stable Diffusion (and SDXL) adapter uses them on its UNet, the SD3 and FLUX adapters on their transformer.
 """
 
 from __future__ import annotations

@@ -11,7 +11,16 @@ import torch
 
 from ..schedulers.ddim_with_logprob import ddim_step_std, ddim_step_with_logprob
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
-from .conditioning import Conditioning, as_conditioning
+from .conditioning import Conditioning, as_conditioning, num_samples
+from .lora import (
+    add_lora_adapter,
+    check_lora_arguments,
+    fuse_lora_model,
+    init_lora_weights_from_seed,
+    load_lora_state,
+    lora_adapter_metadata,
+    peft_lora_state_dict,
+)
 from .precision import KeepsBaseWeights, _module_dtype
 
 # Plain `logging`: accelerate's logger raises if used before an Accelerator exists (a TRL v0.23.1 defect).
@@ -44,21 +53,8 @@ def _checked_size(name: str, value, default: int, factor: int) -> int:
 
 def fuse_lora_unet(unet, dtype: torch.dtype | None = None):
     """A plain `UNet2DConditionModel` (no peft layers) whose weights are `unet`'s with its LoRA adapters merged, in
-    `dtype` (by default the dtype of `unet`'s base weights), on the CPU. The merge runs on the CPU in the dtypes the
-    weights have."""
-    import copy
-
-    from diffusers import UNet2DConditionModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    fused = copy.deepcopy(unet).to("cpu")
-    for module in fused.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge(safe_merge=True)
-    state = {k.replace(".base_layer", ""): v for k, v in fused.state_dict().items() if "lora_" not in k}
-    plain = UNet2DConditionModel.from_config(unet.config)
-    plain.load_state_dict(state)
-    return plain.to(dtype or unet.dtype)
+    `dtype` (by default the dtype of `unet`'s base weights), on the CPU (see `lora.fuse_lora_model`)."""
+    return fuse_lora_model(unet, dtype=dtype)
 
 
 class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPipeline):
@@ -142,10 +138,7 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
                 "trainable_modules selects UNet parameters for full fine-tuning; pass use_lora=False with it, or keep "
                 "use_lora=True and choose the adapted modules with lora_target_modules"
             )
-        if not isinstance(lora_rank, int) or lora_rank < 1:
-            raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
-        if not lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+        check_lora_arguments(lora_rank, lora_alpha)
         self.pretrained_model_revision = pretrained_model_revision
         self.use_lora = bool(use_lora)
         self.lora_rank = lora_rank
@@ -171,18 +164,7 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
                     "in unet.named_parameters(), e.g. 'attn2' (cross-attention) or 'up_blocks'"
                 )
         if self.use_lora:
-            from peft import LoraConfig
-
-            lora_config = LoraConfig(
-                r=lora_rank,
-                lora_alpha=lora_alpha,
-                init_lora_weights="gaussian",
-                target_modules=self.lora_target_modules,
-            )
-            self.sd_pipeline.unet.add_adapter(lora_config)
-            for p in self.sd_pipeline.unet.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()
+            add_lora_adapter(self.sd_pipeline.unet, lora_rank, lora_alpha, self.lora_target_modules)
         # adapters created here hold no trained weights yet: the trainer re-draws them from its seed
         self.lora_weights_untrained = self.use_lora
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -413,11 +395,11 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
                 raise ValueError("pass prompt or prompt_embeds")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-            prompt_embeds = self.encode_prompts(prompts)
+            prompt_embeds = self._call_conditioning(prompts, height, width)
         if negative_prompt_embeds is None and guidance_scale > 1.0:
             neg = negative_prompt if negative_prompt is not None else ""
-            negs = [neg] * prompt_embeds.shape[0] if isinstance(neg, str) else list(neg)
-            negative_prompt_embeds = self.encode_prompts(negs)
+            negs = [neg] * num_samples(as_conditioning(prompt_embeds)) if isinstance(neg, str) else list(neg)
+            negative_prompt_embeds = self._call_conditioning(negs, height, width)
         out = self.rollout(
             prompt_embeds,
             negative_prompt_embeds,
@@ -431,6 +413,12 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
             show_progress=not self._progress_bar_config.get("disable", False),
         )
         return self._pipeline_output(out, output_type)
+
+    def _call_conditioning(self, prompts: list[str], height: int | None, width: int | None):
+        """What `__call__` encodes `prompts` (and the negative prompts) to for images of `height` x `width`: the
+        text encoder's states here (`encode_prompts`); a family whose conditioning depends on the image size (SDXL's
+        time ids) overrides this."""
+        return self.encode_prompts(prompts)
 
     def _pipeline_output(self, out: RolloutOutput, output_type: str) -> DDPOPipelineOutput:
         """TRL's output of a rollout, its images as `output_type` (`"pt"`, `"np"` or `"pil"`)."""
@@ -448,24 +436,22 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
 
     # ------------------------------------------------------------------ saving
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """LoRA weights of the UNet in diffusers' key format (what `load_lora_weights` reads)."""
+        """LoRA weights of the UNet in diffusers' key format (what `load_lora_weights` reads), float32 on the CPU."""
         from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
 
-        return convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        return convert_state_dict_to_diffusers(peft_lora_state_dict(self.unet))
 
     def lora_adapter_metadata(self) -> dict:
-        config = self.unet.peft_config["default"].to_dict()
-        return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+        """The peft config of the UNet's adapter as a JSON-ready dict (see `lora.lora_adapter_metadata`)."""
+        return lora_adapter_metadata(self.unet)
 
     def save_lora(self, output_dir: str):
         """Write `pytorch_lora_weights.safetensors` with the LoRA config (rank, alpha) so that
         `StableDiffusionPipeline.load_lora_weights(output_dir)` (the family's pipeline class) reproduces the trained
         UNet exactly."""
-        state = {k: v.detach().float().cpu().contiguous() for k, v in self.lora_state_dict().items()}
         self.diffusers_pipeline_class().save_lora_weights(
             save_directory=output_dir,
-            unet_lora_layers=state,
+            unet_lora_layers=self.lora_state_dict(),
             safe_serialization=True,
             unet_lora_adapter_metadata=self.lora_adapter_metadata(),
         )
@@ -532,35 +518,18 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
 
     def init_lora_weights(self, seed: int):
         """Draw the LoRA adapters' initial weights from `seed` alone (peft's "gaussian" init: A ~ N(0, 1/r^2),
-        B = 0), whatever the global random state was when the adapters were created. The global RNG is left as it was.
+        B = 0), whatever the global random state was when the adapters were created. The global RNG is left as it was
+        (see `lora.init_lora_weights_from_seed`).
         """
-        from peft.tuners.lora import LoraLayer
-
-        generator = torch.Generator().manual_seed(int(seed))
-        with torch.no_grad():
-            for _, module in sorted(self.unet.named_modules(), key=lambda item: item[0]):
-                if not isinstance(module, LoraLayer):
-                    continue
-                for adapter, lora_a in module.lora_A.items():
-                    weight = lora_a.weight
-                    draw = torch.randn(weight.shape, generator=generator, dtype=torch.float32) / module.r[adapter]
-                    weight.copy_(draw.to(device=weight.device, dtype=weight.dtype))
-                    module.lora_B[adapter].weight.zero_()
+        init_lora_weights_from_seed(self.unet, seed)
         self.lora_weights_untrained = False
 
     def load_lora_into_unet(self, input_dir: str, unet=None):
         """Load `pytorch_lora_weights.safetensors` from `input_dir` into the existing adapter of the UNet."""
         self.lora_weights_untrained = False
-        from diffusers.utils import convert_unet_state_dict_to_peft
-        from peft.utils import set_peft_model_state_dict
-
-        unet = unet if unet is not None else self.unet
         state, _ = self.diffusers_pipeline_class().lora_state_dict(input_dir)
         unet_state = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-        unet_state = convert_unet_state_dict_to_peft(unet_state)
-        result = set_peft_model_state_dict(unet, unet_state, adapter_name="default")
-        if getattr(result, "unexpected_keys", None):
-            raise ValueError(f"LoRA checkpoint in {input_dir} has keys the UNet lacks: {result.unexpected_keys[:5]}")
+        load_lora_state(unet if unet is not None else self.unet, unet_state, input_dir)
 
 
 # names that lived here before the model interface moved to `base` (their import path keeps working)

@@ -8,15 +8,11 @@ subclasses.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from .base import DDPOPipelineOutput
 from .conditioning import Conditioning
 from .stable_diffusion import DefaultDDPOStableDiffusionPipeline, _checked_size
-
-logger = logging.getLogger(__name__)
 
 
 class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
@@ -204,32 +200,26 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name} is not supported by the SDXL pipeline (it needs pooled embeddings and time "
                                  "ids too); pass prompt, or call rollout(encode_conditioning(prompts))")
-        if kwargs:
-            logger.debug("ignoring unsupported pipeline arguments %s", sorted(kwargs))
         if prompt is None:
             raise ValueError("pass prompt (a string or a list of strings)")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        height, width = height or self.sample_height, width or self.sample_width
-        conditioning = self.encode_conditioning(prompts, height, width)
-        negative = None
-        if guidance_scale > 1.0:
-            neg = negative_prompt if negative_prompt is not None else ""
-            negs = [neg] * len(prompts) if isinstance(neg, str) else list(neg)
-            negative = self.encode_conditioning(negs, height, width)
-        out = self.rollout(
-            conditioning,
-            negative,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            initial_latents=latents,
-            generators=generator,
+        return super().__call__(
+            prompt,
             height=height,
             width=width,
-            show_progress=not self._progress_bar_config.get("disable", False),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            eta=eta,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+            **kwargs,
         )
-        return self._pipeline_output(out, output_type)
+
+    def _call_conditioning(self, prompts: list[str], height: int | None, width: int | None) -> Conditioning:
+        """What `__call__` encodes `prompts` to: `encode_conditioning`, the time ids for `height` x `width`."""
+        return self.encode_conditioning(prompts, height, width)
 
     # ------------------------------------------------------------------ saving
     def _pipeline_with_unet(self, unet):
