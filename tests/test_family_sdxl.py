@@ -199,7 +199,7 @@ def test_resolution_not_a_multiple_of_the_vae_factor_names_the_argument(argument
 
 
 def test_pipeline_of_the_wrong_class_names_what_is_supported():
-    with pytest.raises(ValueError, match="pretrained_model_name_or_pipeline must be a Hub id, a local folder or a "
+    with pytest.raises(ValueError, match="pretrained_model_name must be a Hub id, a local folder or a "
                                          "diffusers StableDiffusionXLPipeline, got StableDiffusionPipeline"):
         DefaultDDPOStableDiffusionXLPipeline(tiny_sd_pipeline(seed=0))
     with pytest.raises(ValueError, match="diffusers StableDiffusionPipeline, got StableDiffusionXLPipeline"):
@@ -234,7 +234,7 @@ def test_bf16_training_saves_the_base_text_encoders(tmp_path):
     trainer = SafeDDPOGRPOTrainer(grpo_config(tmp_path, num_epochs=1, mixed_precision="bf16"), brightness_reward, pipe,
                                   train_dataset=Dataset.from_dict({"prompt": PROMPTS}))
     trainer.train()
-    assert pipe.text_encoder_2.dtype == torch.bfloat16 and pipe.unet.dtype == torch.float32
+    assert pipe.sd_pipeline.text_encoder_2.dtype == torch.bfloat16 and pipe.unet.dtype == torch.float32
     pipe.save_pretrained(str(tmp_path / "out"))
     for name in ("vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
                  "text_encoder_2/model.safetensors"):

@@ -17,17 +17,9 @@ from collections import OrderedDict
 import torch
 
 from ..schedulers.flow_sde import FLOW_GRPO_NOISE_LEVEL, flow_sde_step_std, flow_sde_step_with_logprob
+from . import lora as _lora
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
 from .conditioning import Conditioning
-from .lora import (
-    add_lora_adapter,
-    check_lora_arguments,
-    fuse_lora_model,
-    init_lora_weights_from_seed,
-    load_lora_state,
-    lora_adapter_metadata,
-    peft_lora_state_dict,
-)
 from .precision import KeepsBaseWeights
 
 logger = logging.getLogger(__name__)
@@ -98,7 +90,7 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
         if self.trainable_modules and use_lora:
             raise ValueError("trainable_modules selects transformer parameters for full fine-tuning; pass "
                              "use_lora=False with it, or choose the adapted modules with lora_target_modules")
-        check_lora_arguments(lora_rank, lora_alpha)
+        _lora.check_lora_arguments(lora_rank, lora_alpha)
         self.pretrained_model_revision = pretrained_model_revision
         self.use_lora, self.lora_rank, self.lora_alpha = bool(use_lora), lora_rank, lora_alpha
         self.lora_target_modules = list(lora_target_modules or DEFAULT_FLOW_LORA_TARGET_MODULES)
@@ -154,7 +146,7 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
                 raise ValueError(f"trainable_modules={self.trainable_modules} matches no transformer parameter name; "
                                  "use parts of the names in transformer.named_parameters(), e.g. 'attn'")
         if self.use_lora:
-            add_lora_adapter(self.transformer, self.lora_rank, self.lora_alpha, self.lora_target_modules)
+            _lora.add_lora_adapter(self.transformer, self.lora_rank, self.lora_alpha, self.lora_target_modules)
         # adapters created here hold no trained weights yet: the trainer re-draws them from its seed
         self.lora_weights_untrained = self.use_lora
 
@@ -307,9 +299,9 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
         `load_lora_weights(output_dir)` (`diffusers_pipeline_class_name`) reproduces the trained transformer."""
         _diffusers_class(self.diffusers_pipeline_class_name).save_lora_weights(
             save_directory=output_dir,
-            transformer_lora_layers=peft_lora_state_dict(self.transformer),
+            transformer_lora_layers=_lora.peft_lora_state_dict(self.transformer),
             safe_serialization=True,
-            transformer_lora_adapter_metadata=lora_adapter_metadata(self.transformer),
+            transformer_lora_adapter_metadata=_lora.lora_adapter_metadata(self.transformer),
         )
 
     def _fused_pipeline(self):
@@ -318,7 +310,7 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
         names = [n for te in self.text_encoder_names for n in (te, te.replace("text_encoder", "tokenizer"))]
         names = ["scheduler", "vae", *names, "image_encoder", "feature_extractor"]
         components = {name: getattr(self.sd_pipeline, name, None) for name in names}
-        clean = fuse_lora_model(self.transformer, dtype=self._original_dtypes.get("transformer"))
+        clean = _lora.fuse_lora_model(self.transformer, dtype=self._original_dtypes.get("transformer"))
         return _diffusers_class(self.diffusers_pipeline_class_name)(transformer=clean, **components)
 
     def save_pretrained(self, output_dir: str, fuse_lora: bool = False):
@@ -358,7 +350,7 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
 
     def init_lora_weights(self, seed: int):
         """Draw the LoRA adapters' initial weights from `seed` alone (see `lora.init_lora_weights_from_seed`)."""
-        init_lora_weights_from_seed(self.transformer, seed)
+        _lora.init_lora_weights_from_seed(self.transformer, seed)
         self.lora_weights_untrained = False
 
     def load_lora_into_transformer(self, input_dir: str, transformer=None):
@@ -367,4 +359,4 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
         state = _diffusers_class(self.diffusers_pipeline_class_name).lora_state_dict(input_dir)
         prefix = "transformer."
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        load_lora_state(transformer if transformer is not None else self.transformer, state, input_dir)
+        _lora.load_lora_state(transformer if transformer is not None else self.transformer, state, input_dir)

@@ -85,6 +85,8 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
     # constructor argument that takes it (what the loading error names)
     diffusers_pipeline_class_name = "StableDiffusionPipeline"
     family_tags = ("stable-diffusion",)  # the family's Hub tags (model cards)
+    default_guidance_scale = 7.5  # `__call__`'s, as the stock pipeline's
+    accepts_prompt_embeds = True  # `__call__` takes precomputed `prompt_embeds` (the whole conditioning)
     _pretrained_argument = "pretrained_model_name"
 
     @classmethod
@@ -376,7 +378,7 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        guidance_scale: float | None = None,
         negative_prompt=None,
         num_images_per_prompt: int = 1,
         eta: float = 1.0,
@@ -387,9 +389,15 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         output_type: str = "pil",
         **kwargs,
     ) -> DDPOPipelineOutput:
-        """TRL-compatible sampling call: images plus the per-step latents and log-probabilities."""
+        """TRL-compatible sampling call: images plus the per-step latents and log-probabilities (`guidance_scale`
+        defaults to the family's stock default, `default_guidance_scale`)."""
         if kwargs:
             logger.debug("ignoring unsupported pipeline arguments %s", sorted(kwargs))
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        if not self.accepts_prompt_embeds and (prompt_embeds is not None or negative_prompt_embeds is not None):
+            raise ValueError(f"prompt_embeds and negative_prompt_embeds are not supported by {type(self).__name__} "
+                             "(its conditioning has more than the text states); pass prompt, or call "
+                             "rollout(encode_conditioning(prompts))")
         if prompt_embeds is None:
             if prompt is None:
                 raise ValueError("pass prompt or prompt_embeds")

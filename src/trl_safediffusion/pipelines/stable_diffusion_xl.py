@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import DDPOPipelineOutput
 from .conditioning import Conditioning
-from .stable_diffusion import DefaultDDPOStableDiffusionPipeline, _checked_size
+from .stable_diffusion import DefaultDDPOStableDiffusionPipeline
 
 
 class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
@@ -28,93 +27,35 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
     ids are the same. The policy is a DDIM sampler built from the checkpoint's scheduler config, as for Stable
     Diffusion; the VAE decodes in float32 when it is in float16 and its config has `force_upcast`.
 
-    Args:
-        pretrained_model_name_or_pipeline (`str` or `StableDiffusionXLPipeline`): Hub id or local folder of a
-            diffusers SDXL pipeline, or an already-built `StableDiffusionXLPipeline`.
-        pretrained_model_revision (`str`, *optional*, defaults to `"main"`): Hub revision.
-        use_lora (`bool`, *optional*, defaults to `True`): train LoRA adapters (peft) instead of the full UNet.
-        lora_rank (`int`, *optional*, defaults to `4`): LoRA rank.
-        lora_alpha (`float`, *optional*, defaults to `4`): LoRA alpha (scale = alpha / rank).
-        lora_target_modules (`list[str]`, *optional*): UNet modules that get adapters; defaults to the attention
-            projections `to_q`, `to_k`, `to_v`, `to_out.0`.
-        trainable_modules (`str` or `list[str]`, *optional*): full fine-tuning of only the UNet parameters whose names
-            contain one of these parts (e.g. `"attn2"`); needs `use_lora=False`.
-        torch_dtype (`torch.dtype`, *optional*): dtype used to load the pipeline.
-        sample_height (`int`, *optional*): height of the sampled images, a multiple of the VAE factor (8 for SDXL);
-            defaults to the UNet's native size (`unet.config.sample_size * vae_factor`, 1024 for SDXL base). Also the
-            size in the time ids.
-        sample_width (`int`, *optional*): width of the sampled images, as `sample_height`.
-        prompt_cache_size (`int`, *optional*, defaults to `4096`): prompt embeddings cached (the text encoders are
-            frozen).
+    Args: those of [`DefaultDDPOStableDiffusionPipeline`] (a Hub id, local folder or built
+    `StableDiffusionXLPipeline` first). `sample_height` / `sample_width` default to the UNet's native size (1024 for
+    SDXL base) and are also the size in the time ids.
     """
 
     diffusers_pipeline_class_name = "StableDiffusionXLPipeline"
     family_tags = ("stable-diffusion-xl",)
-    _pretrained_argument = "pretrained_model_name_or_pipeline"
-
-    def __init__(
-        self,
-        pretrained_model_name_or_pipeline,
-        *,
-        pretrained_model_revision: str = "main",
-        use_lora: bool = True,
-        lora_rank: int = 4,
-        lora_alpha: float = 4,
-        lora_target_modules=None,
-        trainable_modules=None,
-        torch_dtype: torch.dtype | None = None,
-        sample_height: int | None = None,
-        sample_width: int | None = None,
-        prompt_cache_size: int = 4096,
-    ):
-        super().__init__(
-            pretrained_model_name_or_pipeline,
-            pretrained_model_revision=pretrained_model_revision,
-            use_lora=use_lora,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_target_modules=lora_target_modules,
-            trainable_modules=trainable_modules,
-            torch_dtype=torch_dtype,
-            prompt_cache_size=prompt_cache_size,
-            sample_height=sample_height,
-            sample_width=sample_width,
-        )
+    default_guidance_scale = 5.0
+    accepts_prompt_embeds = False  # the conditioning also holds pooled embeddings and time ids
 
     def _check_pipeline(self):
-        """The sample size (a multiple of the VAE factor; the UNet pads odd latent sizes itself) and the UNet's added
-        embedding (it must read the pooled projection and six time ids), before the pipeline is changed."""
-        factor = self.vae_scale_factor
-        native = self.unet.config.sample_size * factor
-        height, width = self._requested_size
-        self.sample_height = _checked_size("sample_height", height, native, factor)
-        self.sample_width = _checked_size("sample_width", width, native, factor)
+        """The sample size (as for Stable Diffusion: a multiple of the VAE factor; the UNet pads odd latent sizes
+        itself) and the UNet's added embedding (it must read the pooled projection and six time ids), before the
+        pipeline is changed."""
+        super()._check_pipeline()
         self.add_time_ids(self.sample_height, self.sample_width)  # diffusers' ValueError when they do not fit
 
     # ------------------------------------------------------------------ components
-    @property
-    def text_encoder_2(self):
-        return self.sd_pipeline.text_encoder_2
-
-    @property
-    def tokenizer_2(self):
-        return self.sd_pipeline.tokenizer_2
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
     def frozen_modules(self) -> list[torch.nn.Module]:
-        return [m for m in (self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+        return [m for m in (self.vae, self.text_encoder, self.sd_pipeline.text_encoder_2) if m is not None]
 
     def _components(self) -> tuple[tuple[str, torch.nn.Module], ...]:
-        named = (("vae", self.vae), ("text_encoder", self.text_encoder), ("text_encoder_2", self.text_encoder_2),
+        named = (("vae", self.vae), ("text_encoder", self.text_encoder), ("text_encoder_2", self.sd_pipeline.text_encoder_2),
                  ("unet", self.unet))
         return tuple((name, module) for name, module in named if module is not None)
 
     # ------------------------------------------------------------------ conditioning
     def _text_device(self) -> torch.device:
-        return next(m for m in (self.text_encoder_2, self.text_encoder) if m is not None).device
+        return next(m for m in (self.sd_pipeline.text_encoder_2, self.text_encoder) if m is not None).device
 
     def _encode_text(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """`(prompt_embeds (L, D1 + D2), pooled_prompt_embeds (P,))` per prompt from the stock `encode_prompt`,
@@ -138,7 +79,7 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
         """(1, 6) time ids of the stock pipeline for images of `height` x `width` (default: the sample size):
         original size = target size = `(height, width)`, crop `(0, 0)`."""
         size = (height or self.sample_height, width or self.sample_width)
-        te2 = self.text_encoder_2
+        te2 = self.sd_pipeline.text_encoder_2
         projection_dim = te2.config.projection_dim if te2 is not None else None
         if projection_dim is None:
             projection_dim = self.unet.add_embedding.linear_1.in_features - 6 * self.unet.config.addition_time_embed_dim
@@ -179,44 +120,6 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
         finally:
             vae.to(dtype=torch.float16)
 
-    def __call__(
-        self,
-        prompt=None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        negative_prompt=None,
-        num_images_per_prompt: int = 1,
-        eta: float = 1.0,
-        generator=None,
-        latents: torch.Tensor | None = None,
-        output_type: str = "pil",
-        **kwargs,
-    ) -> DDPOPipelineOutput:
-        """TRL-compatible sampling call: images plus the per-step latents and log-probabilities. The time ids are
-        those of `height` x `width` (default: the sample size)."""
-        for name in ("prompt_embeds", "negative_prompt_embeds"):
-            if kwargs.get(name) is not None:
-                raise ValueError(f"{name} is not supported by the SDXL pipeline (it needs pooled embeddings and time "
-                                 "ids too); pass prompt, or call rollout(encode_conditioning(prompts))")
-        if prompt is None:
-            raise ValueError("pass prompt (a string or a list of strings)")
-        return super().__call__(
-            prompt,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images_per_prompt,
-            eta=eta,
-            generator=generator,
-            latents=latents,
-            output_type=output_type,
-            **kwargs,
-        )
-
     def _call_conditioning(self, prompts: list[str], height: int | None, width: int | None) -> Conditioning:
         """What `__call__` encodes `prompts` to: `encode_conditioning`, the time ids for `height` x `width`."""
         return self.encode_conditioning(prompts, height, width)
@@ -230,9 +133,9 @@ class DefaultDDPOStableDiffusionXLPipeline(DefaultDDPOStableDiffusionPipeline):
         return StableDiffusionXLPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
-            text_encoder_2=self.text_encoder_2,
+            text_encoder_2=self.sd_pipeline.text_encoder_2,
             tokenizer=self.tokenizer,
-            tokenizer_2=self.tokenizer_2,
+            tokenizer_2=self.sd_pipeline.tokenizer_2,
             unet=unet,
             scheduler=self.scheduler,
             image_encoder=getattr(pipe, "image_encoder", None),
