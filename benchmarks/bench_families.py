@@ -3,7 +3,7 @@
 Each family (SD 1.x, SDXL, SD3, FLUX when its adapter is installed) trains its tiny pipeline from
 `trl_safediffusion.testing_utils` (built from configs, nothing downloaded) with the same settings: 8 sampler steps,
 2 sampling batches of 8 images, groups of 4, training minibatches of 8, LoRA rank 4, fp32, every trainable step
-trained, a brightness reward. Each run is a fresh subprocess; the first epoch is a warm-up that is not timed; peak RSS
+trained, a brightness reward, 16 x 16 images (FLUX: prompts of at most 32 tokens). Each run is a fresh subprocess; the first epoch is a warm-up that is not timed; peak RSS
 is the child's (`os.wait4`). Guidance: 4.5 with CFG in training for SD/SDXL/SD3, none for FLUX (guidance-distilled).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_families.py --epochs 3
@@ -42,7 +42,10 @@ def worker(family: str, epochs: int, out: str):
 
     adapter_name, builder_name, guidance = FAMILIES[family]
     adapter = getattr(trl_safediffusion, adapter_name)
-    pipe = adapter(getattr(testing_utils, builder_name)(seed=0), use_lora=True, lora_rank=4)
+    extra = {"max_sequence_length": 32} if family == "flux" else {}  # the tiny T5's prompts, not FLUX's 512 tokens
+    # one resolution for all: the tiny SD's native 16 px (FLUX's stock default would be 256 px on the tiny VAE)
+    pipe = adapter(getattr(testing_utils, builder_name)(seed=0), use_lora=True, lora_rank=4, sample_height=16,
+                   sample_width=16, **extra)
     config = SafeDDPOGRPOConfig(
         num_epochs=epochs + 1, sample_num_steps=8, sample_batch_size=8, sample_num_batches_per_epoch=2,
         train_batch_size=8, num_generations=4, mixed_precision="no", sample_guidance_scale=guidance,
