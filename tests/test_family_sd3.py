@@ -1,17 +1,22 @@
 """The Stable Diffusion 3 family: a tiny SD3 pipeline built from configs trains with Flow-GRPO's SDE policy, saves in
 the stock diffusers formats, and names its bad inputs."""
 
-import numpy as np
 import pytest
 import torch
-from datasets import Dataset
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-from conftest import brightness_reward
-from trl_safediffusion import DefaultDDPOStableDiffusion3Pipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
+from flow_family_checks import (
+    assert_same_velocity,
+    check_bf16_checkpoint_resume,
+    check_brightness_reward_rises,
+    check_training_changes_the_trainable_parameters_only,
+    randomize_lora,
+    train_and_save,
+    train_lora_and_load_into_stock,
+)
+from trl_safediffusion import DefaultDDPOStableDiffusion3Pipeline, SafeDDPOGRPOConfig
 from trl_safediffusion.testing_utils import tiny_sd3_pipeline
 
-PROMPTS = Dataset.from_dict({"prompt": [f"a photo of object {i}" for i in range(4)]})
 SEQ = 8  # T5 tokens (zeros without T5): kept short for speed
 
 
@@ -28,23 +33,6 @@ def _config(tmp_path, **kw):
     return SafeDDPOGRPOConfig(**base)
 
 
-def _snapshot(module):
-    return {n: p.detach().clone().float() for n, p in module.named_parameters()}
-
-
-def _frozen(pipe):
-    return {"vae": pipe.vae, "text_encoder": pipe.sd_pipeline.text_encoder,
-            "text_encoder_2": pipe.sd_pipeline.text_encoder_2}
-
-
-def _transformer_inputs(pipe, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, *pipe.latent_shape(), generator=g)
-    t = pipe.set_timesteps(4)[torch.tensor([0, 2])]
-    cond = pipe.encode_conditioning(["a cat", "a dog"])
-    return x, t, cond["prompt_embeds"].float(), cond["pooled_prompt_embeds"].float()
-
-
 def _velocity(transformer, x, t, embeds, pooled):
     with torch.no_grad():
         return transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled,
@@ -53,62 +41,22 @@ def _velocity(transformer, x, t, embeds, pooled):
 
 @pytest.mark.parametrize("use_lora", [True, False])
 def test_training_changes_the_trainable_parameters_only(tmp_path, use_lora):
-    pipe = _pipe(use_lora=use_lora)
-    transformer0 = _snapshot(pipe.transformer)
-    frozen0 = {name: _snapshot(m) for name, m in _frozen(pipe).items()}
-    trainer = SafeDDPOGRPOTrainer(_config(tmp_path), brightness_reward, pipe, train_dataset=PROMPTS)
-    assert trainer._log_prob_steps == 4  # every flow SDE step has a log-probability
-    batches, _, _, _ = trainer._rollout_epoch(0)
-    assert set(batches[0]) >= {"prompt_embeds", "pooled_prompt_embeds", "timesteps", "latents", "log_probs"}
-    trainer.train()
-    trainable = {n for n, p in pipe.transformer.named_parameters() if p.requires_grad}
-    assert trainable and (all("lora_" in n for n in trainable) if use_lora else len(trainable) == len(transformer0))
-    changed = {n for n, p in pipe.transformer.named_parameters() if not torch.equal(p.float(), transformer0[n])}
-    assert changed and changed <= trainable
-    for name, module in _frozen(pipe).items():
-        for n, p in module.named_parameters():
-            assert torch.equal(p.float(), frozen0[name][n]), f"frozen {name} weight {n} changed"
-    assert any("train/kl" in r for r in trainer.log_history)
-
-
-def _fixed_noise_brightness(pipe):
-    """Mean brightness of 32 rollouts from fixed initial noise and step noise: the policy's reward without the
-    sampling noise of the epochs' rollouts (the tiny VAE maps latents to brightness weakly, ~1e-3 across samples)."""
-    cond = pipe.encode_conditioning([f"a photo of object {i % 4}" for i in range(32)])
-    init = torch.randn(32, *pipe.latent_shape(), generator=torch.Generator().manual_seed(123))
-    out = pipe.rollout(cond, num_inference_steps=4, guidance_scale=1.0, eta=0.7, initial_latents=init,
-                       generators=[torch.Generator().manual_seed(1000 + i) for i in range(32)])
-    return float(out.images.mean())
+    check_training_changes_the_trainable_parameters_only(_pipe(use_lora=use_lora), _config(tmp_path), use_lora)
 
 
 def test_brightness_reward_rises(tmp_path):
-    pipe = _pipe(use_lora=False)
-    before = _fixed_noise_brightness(pipe)
     config = _config(tmp_path, num_epochs=4, sample_num_steps=4, sample_batch_size=8, sample_num_batches_per_epoch=1,
                      train_batch_size=8, num_generations=4, train_learning_rate=1e-2, train_num_inner_epochs=2,
                      sample_guidance_scale=1.0, beta=0.0, seed=0)
-    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, pipe, train_dataset=PROMPTS)
-    trainer.train()
-    rewards = [r["reward_mean"] for r in trainer.log_history if "reward_mean" in r]
-    assert len(rewards) == 4 and all(np.isfinite(rewards))
     # seeds 0-3 all rise, by 3e-4 to 1.4e-3 (the per-sample brightness std is ~8e-4)
-    assert _fixed_noise_brightness(pipe) > before + 5e-4
+    check_brightness_reward_rises(_pipe(use_lora=False), config, margin=5e-4)
 
 
 def test_lora_save_loads_into_the_stock_pipeline(tmp_path):
     pipe = _pipe(use_lora=True, lora_rank=4, lora_alpha=8)
-    trainer = SafeDDPOGRPOTrainer(_config(tmp_path, num_epochs=1, train_learning_rate=3e-3), brightness_reward, pipe,
-                                  train_dataset=PROMPTS)
-    trainer.train()
     out = tmp_path / "lora"
-    trainer.save_pretrained(str(out))
-    assert (out / "pytorch_lora_weights.safetensors").is_file()
-    stock = tiny_sd3_pipeline()
-    stock.load_lora_weights(str(out))
-    x, t, embeds, pooled = _transformer_inputs(pipe)
-    trained = _velocity(pipe.transformer, x, t, embeds, pooled)
-    torch.testing.assert_close(_velocity(stock.transformer, x, t, embeds, pooled), trained, rtol=0, atol=1e-6)
-    assert not torch.allclose(_velocity(tiny_sd3_pipeline().transformer, x, t, embeds, pooled), trained, atol=1e-6)
+    stock, inputs, trained = train_lora_and_load_into_stock(
+        pipe, _config(tmp_path, num_epochs=1, train_learning_rate=3e-3), out, tiny_sd3_pipeline, _velocity)
     # sampling: the stock pipeline's Euler ODE is the adapter's rollout at noise level 0
     init = torch.randn(2, *pipe.latent_shape(), generator=torch.Generator().manual_seed(1))
     ours = pipe(["a cat", "a dog"], num_inference_steps=4, guidance_scale=3.0, eta=0.0, latents=init,
@@ -119,38 +67,28 @@ def test_lora_save_loads_into_the_stock_pipeline(tmp_path):
     # the checkpoint hook loads the same weights back into the adapter
     fresh = _pipe(use_lora=True, lora_rank=4, lora_alpha=8)
     fresh.load_lora_into_transformer(str(out))
-    torch.testing.assert_close(_velocity(fresh.transformer, x, t, embeds, pooled), trained, rtol=0, atol=1e-6)
+    torch.testing.assert_close(_velocity(fresh.transformer, *inputs), trained, rtol=0, atol=1e-6)
 
 
 def test_full_save_loads_with_from_pretrained(tmp_path):
     pipe = _pipe(use_lora=False)
-    trainer = SafeDDPOGRPOTrainer(_config(tmp_path, num_epochs=1), brightness_reward, pipe, train_dataset=PROMPTS)
-    trainer.train()
     out = tmp_path / "full"
-    trainer.save_pretrained(str(out))
+    train_and_save(pipe, _config(tmp_path, num_epochs=1), out)
     # without T5 the stock loader is told so, as diffusers documents for SD3 without T5
     loaded = StableDiffusion3Pipeline.from_pretrained(str(out), text_encoder_3=None, tokenizer_3=None)
     assert loaded.text_encoder_3 is None
     trained = pipe.transformer.state_dict()
     for k, v in loaded.transformer.state_dict().items():
         assert torch.equal(v, trained[k].to(v.dtype)), k
-    x, t, embeds, pooled = _transformer_inputs(pipe)
-    torch.testing.assert_close(_velocity(loaded.transformer, x, t, embeds, pooled),
-                               _velocity(pipe.transformer, x, t, embeds, pooled), rtol=0, atol=0)
+    assert_same_velocity(loaded.transformer, pipe, _velocity, tol=0)
 
 
 def test_fused_lora_save_loads_with_from_pretrained(tmp_path):
     pipe = _pipe(use_lora=True)
-    pipe.init_lora_weights(0)
-    with torch.no_grad():
-        for n, p in pipe.transformer.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
+    randomize_lora(pipe)
     pipe.save_pretrained(str(tmp_path / "fused"), fuse_lora=True)
     loaded = StableDiffusion3Pipeline.from_pretrained(str(tmp_path / "fused"), text_encoder_3=None, tokenizer_3=None)
-    x, t, embeds, pooled = _transformer_inputs(pipe)
-    torch.testing.assert_close(_velocity(loaded.transformer, x, t, embeds, pooled),
-                               _velocity(pipe.transformer, x, t, embeds, pooled), rtol=1e-5, atol=1e-5)
+    assert_same_velocity(loaded.transformer, pipe, _velocity, tol=1e-5)
 
 
 def test_conditioning_and_resolution():
@@ -197,14 +135,5 @@ def test_bad_inputs_name_the_argument():
 
 @pytest.mark.parametrize("use_lora", [True, False])
 def test_bf16_checkpoint_resume(tmp_path, use_lora):
-    config = _config(tmp_path, save_freq=1, mixed_precision="bf16", beta=0.0)
-    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, _pipe(use_lora=use_lora), train_dataset=PROMPTS)
-    trainer.train()
-    trained = {k: v.detach().float().clone() for k, v in trainer.sd_pipeline.transformer.state_dict().items()}
-    resumed = SafeDDPOGRPOTrainer(_config(tmp_path, save_freq=1, mixed_precision="bf16", beta=0.0,
-                                          resume_from=trainer.project_dir),
-                                  brightness_reward, _pipe(use_lora=use_lora), train_dataset=PROMPTS)
-    assert resumed.first_epoch == 2
-    state = resumed.sd_pipeline.transformer.state_dict()
-    assert all(torch.equal(state[k].float(), v) for k, v in trained.items() if "lora_" in k or not use_lora)
+    trainer = check_bf16_checkpoint_resume(_pipe, lambda **kw: _config(tmp_path, **kw), use_lora)
     trainer.save_pretrained(str(tmp_path / "saved"))
