@@ -32,7 +32,7 @@ from .ddpo_config import DDPOConfig
 from .hooks import NullTracker
 from .losses import approx_kl, clip_fraction, clipped_surrogate_loss
 from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution
-from .pipelines.conditioning import as_conditioning, repeat_rows, to_device
+from .pipelines.conditioning import as_conditioning, num_samples, repeat_rows, to_device
 from .publishing import PublishingMixin, describe_reward
 from .reward_stats import RewardFunctionError, call_reward, reward_components, reward_log
 from .sample_plan import DDPO_NOISE, STEP_NOISE, TRAIN_ORDER, SamplePlan, mix_seed, prefix_groups, sde_window
@@ -364,8 +364,7 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         conditioning = as_conditioning(conditioning)
         if not self._train_with_cfg:
             return conditioning, None
-        n = next(iter(conditioning.values())).shape[0]
-        return conditioning, repeat_rows(self.negative_conditioning, n)
+        return conditioning, repeat_rows(self.negative_conditioning, num_samples(conditioning))
 
     def _step(self, model, batch: dict, branches: bool = False) -> StepDistribution:
         """The step distribution of `model` at the batch's states, with the rollouts' guidance and noise level."""
@@ -429,7 +428,7 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         for name, (term, coefficient) in self._extra_loss_terms(batch, policy).items():
             terms[name] = term
             if coefficient:
-                loss = loss + (term if coefficient == 1 else coefficient * term)
+                loss = loss + coefficient * term
         return {"loss": loss, **terms}
 
     # ================================================================== training

@@ -358,7 +358,8 @@ class DDPOStableDiffusionPipeline:
         for row, key in enumerate(ids):
             first.setdefault(key, row)
         reps = torch.tensor(list(first.values()), device=latents.device)
-        inverse = torch.tensor([list(first).index(key) for key in ids], device=latents.device)
+        position = {key: i for i, key in enumerate(first)}
+        inverse = torch.tensor([position[key] for key in ids], device=latents.device)
         if not torch.equal(latents[reps][inverse], latents):
             raise ValueError("prefix_rows groups rows whose initial noise differs; only rows that share their noise "
                              "(and prompt) share a prefix")

@@ -49,4 +49,5 @@ def repeat_rows(cond: Mapping[str, torch.Tensor], n: int) -> Conditioning:
 
 
 def to_device(cond: Mapping[str, torch.Tensor], device) -> Conditioning:
+    """Every tensor moved to `device`."""
     return {k: v.to(device) for k, v in cond.items()}
