@@ -17,6 +17,7 @@ that is not timed, and peak RSS is read from the child's rusage (`os.wait4`, as 
 
 Configurations (`--configs`, comma separated):
     trl-ddpo          TRL v0.23.1 DDPOTrainer + DefaultDDPOStableDiffusionPipeline (the peer)
+    ours-default      our DDPOTrainer with its default configuration (train_timesteps_per_forward="auto")
     ours-ddpo         our DDPOTrainer, train_timesteps_per_forward=1 (TRL-equivalent, apples to apples)
     ours-ddpo-tpf     our DDPOTrainer, all trained timesteps stacked into one UNet forward (same gradient)
     ours-grpo         SafeDDPOGRPOTrainer, num_generations=4, train_timesteps_per_forward=1
@@ -84,6 +85,7 @@ SD15_SETTINGS = dict(TINY_SETTINGS, sample_num_steps=20, sample_batch_size=8, tr
 
 CONFIGS = {
     "trl-ddpo": {"impl": "trl", "trainer": "ddpo", "tpf": 1},
+    "ours-default": {"impl": "ours", "trainer": "ddpo", "tpf": "default"},
     "ours-ddpo": {"impl": "ours", "trainer": "ddpo", "tpf": 1},
     "ours-ddpo-tpf": {"impl": "ours", "trainer": "ddpo", "tpf": "all"},
     "ours-grpo": {"impl": "ours", "trainer": "grpo", "tpf": 1},
@@ -129,7 +131,7 @@ def run_worker(args) -> dict:
     rss_import = _rss_mib()
     settings = dict(SD15_SETTINGS if args.sd15_size else TINY_SETTINGS)
     settings.update(json.loads(args.overrides))
-    tpf = settings["sample_num_steps"] if args.tpf == "all" else int(args.tpf)
+    tpf = {"all": settings["sample_num_steps"], "default": "auto"}.get(args.tpf) or int(args.tpf)
     project_dir = tempfile.mkdtemp(prefix=f"bench-{args.impl}-{args.trainer}-")
     common = dict(settings, num_epochs=args.warmup + args.epochs, save_freq=10**6,
                   project_kwargs={"project_dir": project_dir}, logdir=project_dir)
@@ -181,6 +183,8 @@ def run_worker(args) -> dict:
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     timed = times[args.warmup:]
+    if args.impl == "ours" and tpf == "auto":  # what "auto" chose
+        tpf = trainer.timesteps_per_forward
     samples = settings["sample_batch_size"] * settings["sample_num_batches_per_epoch"]
     return {
         "impl": args.impl,

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from datasets import Dataset
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from conftest import brightness_reward
 from trl_safediffusion import DefaultDDPOStableDiffusionPipeline, SafeDDPOGRPOConfig, SafeDDPOGRPOTrainer
@@ -98,6 +99,43 @@ def test_shared_prefix_is_identical_to_per_sample_and_runs_the_model_on_fewer_ro
     assert all(torch.equal(shared.latents[i, 0], shared.latents[4 * (i // 4), 0]) for i in range(8))
     # 3 prefix steps x 2 CFG branches on 2 group rows instead of 8 sample rows; the other 3 steps on all 8
     assert rows_per_sample == 6 * 2 * 8 and rows_shared == 3 * 2 * 2 + 3 * 2 * 8
+
+
+class _RowByRow(torch.nn.Module):
+    """The UNet evaluated one row at a time: its output for a row no longer depends on the batch it came in."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.calls = []
+
+    def forward(self, sample, timestep, encoder_hidden_states, **kwargs):
+        kwargs.pop("return_dict", None)
+        self.calls.append(sample.shape[0])
+        t = timestep.expand(sample.shape[0]) if torch.is_tensor(timestep) and timestep.ndim else timestep
+        out = [self.unet(sample[i : i + 1], t[i : i + 1] if torch.is_tensor(t) and t.ndim else t,
+                         encoder_hidden_states[i : i + 1], return_dict=False, **kwargs)[0]
+               for i in range(sample.shape[0])]
+        return UNet2DConditionOutput(sample=torch.cat(out))
+
+
+def test_shared_prefix_is_bit_identical_with_a_batch_invariant_model(pipe):
+    # The CPU kernels round differently for different batch sizes (the test above); with a model whose rows do not
+    # depend on their batch, the shared prefix is the per-sample computation bit for bit.
+    cond, noise, _ = _inputs(pipe)
+    model = _RowByRow(pipe.unet)
+    outs = []
+    for prefix_rows in (None, prefix_groups([f"prompt {i // 4}" for i in range(8)], [i // 4 for i in range(8)])):
+        model.calls.clear()
+        with torch.no_grad():
+            outs.append(pipe.rollout(cond, num_inference_steps=T, guidance_scale=3.0, eta=1.0, initial_latents=noise,
+                                     generators=[torch.Generator().manual_seed(100 + i) for i in range(8)],
+                                     stochastic_steps=(3, 5), prefix_rows=prefix_rows, model=model))
+        outs[-1].rows = sum(model.calls)
+    per_sample, shared = outs
+    assert torch.equal(shared.latents, per_sample.latents) and torch.equal(shared.log_probs, per_sample.log_probs)
+    assert torch.equal(shared.images, per_sample.images)
+    assert per_sample.rows == 6 * 2 * 8 and shared.rows == 3 * 2 * 2 + 3 * 2 * 8
 
 
 def test_shared_prefix_refuses_rows_with_different_noise(pipe):

@@ -220,7 +220,7 @@ def test_the_family_recipes_are_shipped():
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=os.path.basename)
 def test_every_recipe_parses(recipe):
-    if os.path.basename(recipe) == "toy_demo.yaml":  # the demo's own arguments (`trl-safediffusion demo`)
+    if os.path.basename(recipe).startswith("toy_"):  # the demo's own arguments (`trl-safediffusion demo`)
         from trl_safediffusion.toy.demo import build_parser
 
         build_parser().parse_args_and_config(["--config", recipe])
@@ -275,3 +275,22 @@ def test_cli_trains_sdxl_and_flux_from_yaml(tmp_path, family):
     assert f"{stock}.from_pretrained" in card and "load_lora_weights" in card
     tag = {"sdxl": "stable-diffusion-xl", "flux": "flux"}[family]
     assert tag in yaml.safe_load(card.split("---")[1])["tags"]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl_lora", "sd35_medium_lora", "flux_dev_lora"])
+def test_every_family_has_a_fast_recipe_that_differs_only_in_its_efficiency_settings(family):
+    from trl_safediffusion.cli import parse_train_args
+
+    def parsed(name):
+        return parse_train_args(["--config", os.path.join(REPO, "examples", "recipes", name)])
+
+    full, *rest_full = parsed(f"safediffusion_r1_{family}.yaml")
+    fast, *rest_fast = parsed(f"safediffusion_r1_{family}_fast.yaml")
+    assert fast.sample_sde_window == "fixed" and fast.sample_sde_window_start == 0
+    assert 0 < fast.sample_sde_window_size < fast.sample_num_steps
+    assert fast.train_timesteps_per_forward == "auto"
+    efficiency = {"sample_sde_window", "sample_sde_window_start", "sample_sde_window_size", "sample_num_steps",
+                  "train_timestep_fraction", "train_timesteps_per_forward", "exp_name", "output_dir"}
+    differ = {k for k, v in full.to_dict().items() if fast.to_dict()[k] != v}
+    assert differ <= efficiency, differ - efficiency
+    assert [vars(a) for a in rest_full[:3]] == [vars(a) for a in rest_fast[:3]]  # same model, data and reward

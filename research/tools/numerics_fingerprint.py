@@ -39,12 +39,13 @@ CASES = {
     ),
     "B_guided_lora": dict(
         cfg=dict(num_generations=4, train_learning_rate=1e-3, beta=0.2, kl_mode="guided", kl_unsafe_weight=0.5,
-                 structure_weight=0.1, sample_guidance_scale=3.0, train_timestep_fraction=0.5),
+                 structure_weight=0.1, sample_guidance_scale=3.0, train_timestep_fraction=0.5,
+                 train_timesteps_per_forward=1),
         pipe=dict(use_lora=True),
     ),
     "C_nokl_fullft": dict(
         cfg=dict(num_generations=4, train_learning_rate=1e-4, beta=0.0, sample_guidance_scale=1.0,
-                 scale_rewards="batch"),
+                 scale_rewards="batch", train_timesteps_per_forward=1),
         pipe=dict(use_lora=False),
     ),
 }
@@ -87,7 +88,8 @@ def main(out_path: str):
     torch.manual_seed(0)
     pipe = DefaultDDPOStableDiffusionPipeline(load_toy_pipeline(), use_lora=True)
     config = DDPOConfig(**common, num_epochs=2, exp_name="D", per_prompt_stat_tracking=True,
-                        sample_guidance_scale=2.0, train_learning_rate=1e-3)
+                        sample_guidance_scale=2.0, train_learning_rate=1e-3,
+                        train_timesteps_per_forward=1)
     trainer = DDPOTrainer(config, reward, prompt_fn, pipe)
     trainer.train()
     out["D_ddpo"] = {"params": params_hash(pipe.unet), "logs": trainer.log_history}

@@ -61,7 +61,9 @@ def type_name(tp, bool_text: str = "bool") -> str:
     """How a field's type reads in help and errors: `int`, `list of float or null`, ..."""
     inner, optional = _unwrap_optional(tp)
     origin = typing.get_origin(inner)
-    if origin is list:
+    if origin in (typing.Union, types.UnionType):
+        name = " or ".join(type_name(a, bool_text) for a in typing.get_args(inner))
+    elif origin is list:
         (item,) = typing.get_args(inner) or (str,)
         name = f"list of {item.__name__}"
     elif origin is dict or inner is dict:
@@ -96,6 +98,13 @@ def convert_value(name: str, value: Any, tp) -> Any:
             return None
         raise bad()
     origin = typing.get_origin(inner)
+    if origin in (typing.Union, types.UnionType):  # e.g. `int | str`: the first type that takes the value
+        for option in typing.get_args(inner):
+            try:
+                return convert_value(name, value, option)
+            except FieldValueError:
+                continue
+        raise bad()
     if inner is bool:
         if isinstance(value, bool):
             return value

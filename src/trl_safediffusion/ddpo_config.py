@@ -82,7 +82,11 @@ class DDPOConfig:
                   "flow SDE's noise level a for SD3 and FLUX (Flow-GRPO uses 0.7); must be > 0 so that every step has "
                   "a log-probability."},
     )
-    sample_guidance_scale: float = field(default=5.0, metadata={"help": "Classifier-free guidance weight."})
+    sample_guidance_scale: float = field(
+        default=5.0,
+        metadata={"help": "Classifier-free guidance weight. 1.0 trains guidance-free: no unconditional branch in "
+                  "sampling or training (half the model evaluations); the trained model is used at any scale."},
+    )
     sample_sde_window: str = field(
         default="all",
         metadata={
@@ -130,11 +134,19 @@ class DDPOConfig:
             "colour and layout, the late ones draw detail. 1.0 trains on the whole trajectory."
         },
     )
-    train_timesteps_per_forward: int = field(
-        default=1,
+    train_timesteps_per_forward: int | str = field(
+        default="auto",
         metadata={
             "help": "(trl-safediffusion) Timesteps stacked into one UNet forward/backward. The gradient is the same "
-            "for any value; larger is faster and uses more memory."
+            "for any value; larger is faster and uses more memory. 'auto': the largest stack whose activations fit "
+            "`train_memory_budget_gb` (measured on the first training batch)."
+        },
+    )
+    train_memory_budget_gb: float = field(
+        default=0.0,
+        metadata={
+            "help": "(trl-safediffusion) Activation memory (GB) `train_timesteps_per_forward='auto'` may fill; 0: 70% "
+            "of the GPU's free memory, or 40% of the host's available memory on CPU."
         },
     )
     gradient_checkpointing: bool = field(
@@ -206,9 +218,18 @@ class DDPOConfig:
             "train_num_inner_epochs",
             "max_workers",
             "per_prompt_stat_tracking_buffer_size",
-            "train_timesteps_per_forward",
         ):
             positive_int(name)
+        tpf = self.train_timesteps_per_forward
+        if isinstance(tpf, str) and tpf.strip().isdigit():
+            tpf = self.train_timesteps_per_forward = int(tpf)
+        elif isinstance(tpf, str) and tpf.strip().lower() == "auto":
+            tpf = self.train_timesteps_per_forward = "auto"
+        if tpf != "auto" and (isinstance(tpf, bool) or not isinstance(tpf, int) or tpf < 1):
+            raise ValueError(f"train_timesteps_per_forward must be a positive integer or 'auto', got {tpf!r}")
+        if not self.train_memory_budget_gb >= 0:
+            raise ValueError(f"train_memory_budget_gb must be >= 0 (0: a fraction of the free memory), got "
+                             f"{self.train_memory_budget_gb!r}")
         if isinstance(self.save_freq, bool) or not isinstance(self.save_freq, int) or self.save_freq < 0:
             raise ValueError(f"save_freq must be an integer >= 0 (0 disables checkpoints), got {self.save_freq!r}")
         if not isinstance(self.num_checkpoint_limit, int) or self.num_checkpoint_limit < 1:

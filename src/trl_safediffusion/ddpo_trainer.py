@@ -31,6 +31,7 @@ from .checkpointing import (
 from .ddpo_config import DDPOConfig
 from .hooks import NullTracker
 from .losses import approx_kl, clip_fraction, clipped_surrogate_loss
+from .memory import memory_budget_bytes, saved_activation_bytes, timesteps_per_forward_for_budget
 from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution
 from .pipelines.conditioning import as_conditioning, num_samples, repeat_rows, to_device
 from .publishing import PublishingMixin, describe_reward
@@ -103,14 +104,13 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         self._card_overrides: dict = {}
         self._log_prob_steps = sd_pipeline.steps_with_log_prob(config.sample_num_steps, config.sample_eta)
         self.num_train_timesteps = self._num_train_timesteps()
+        self.timesteps_per_forward = self.activation_bytes_per_timestep = None  # set by the first training step
         self._sde_window(0)  # a window outside the trainable steps fails here, before the first epoch
         self._setup_accelerator()
         self._setup_model()
-        self.stat_tracker = (
-            PerPromptStatTracker(config.per_prompt_stat_tracking_buffer_size, config.per_prompt_stat_tracking_min_count)
-            if config.per_prompt_stat_tracking
-            else None
-        )
+        self.stat_tracker = PerPromptStatTracker(config.per_prompt_stat_tracking_buffer_size,
+                                                 config.per_prompt_stat_tracking_min_count
+                                                 ) if config.per_prompt_stat_tracking else None
         self.executor = futures.ThreadPoolExecutor(max_workers=config.max_workers) if config.async_reward_computation else None
         self.first_epoch, self.global_step = 0, 0
         self._hub_pusher = None
@@ -438,10 +438,10 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         n_local, T = samples["timesteps"].shape
         k_train = self.num_train_timesteps
         candidates = self._timestep_candidates()
-        chunk = c.train_timesteps_per_forward
         accum = c.train_gradient_accumulation_steps
         keys = tuple(self.negative_conditioning)
         weights = samples.get("sample_weights", {})
+        chunk = self._stack_size(samples, keys, weights)
         from tqdm.auto import tqdm
 
         for inner_epoch in range(c.train_num_inner_epochs):
@@ -466,15 +466,7 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
                     sync = last_in_step and ci == len(chunks) - 1
                     ctx = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
                     with ctx:
-                        terms = self.compute_loss_terms(
-                            samples["latents"][sel_rows, sel_t],
-                            samples["timesteps"][sel_rows, sel_t],
-                            samples["next_latents"][sel_rows, sel_t],
-                            samples["log_probs"][sel_rows, sel_t],
-                            samples["advantages"][sel_rows],
-                            {k: samples[k][sel_rows] for k in keys},
-                            sample_weights={name: w[sel_rows] for name, w in weights.items()},
-                        )
+                        terms = self._loss_terms_at(samples, keys, weights, sel_rows, sel_t)
                         # mean over the k sampled timesteps and the accumulated minibatches, as TRL's accumulation
                         self.accelerator.backward(terms["loss"] * ((j1 - j0) / k_train / accum))
                     for name, value in terms.items():
@@ -488,10 +480,42 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
                     stats = self.accelerator.reduce(stats, reduction="mean")
                     logged = {f"train/{k}": float(v) for k, v in stats.items()}
                     logged.update({"epoch": epoch, "inner_epoch": inner_epoch})
+                    if c.train_timesteps_per_forward == "auto":
+                        logged["train/timesteps_per_forward"] = chunk
                     self._log(logged, step=global_step)
                     global_step += 1
                     info = defaultdict(list)
         return global_step
+
+    def _loss_terms_at(self, samples: dict, keys: tuple, weights: dict, rows, steps) -> dict[str, torch.Tensor]:
+        """`compute_loss_terms` of the stored steps `(rows[i], steps[i])`."""
+        return self.compute_loss_terms(
+            samples["latents"][rows, steps], samples["timesteps"][rows, steps], samples["next_latents"][rows, steps],
+            samples["log_probs"][rows, steps], samples["advantages"][rows], {k: samples[k][rows] for k in keys},
+            sample_weights={name: w[rows] for name, w in weights.items()},
+        )
+
+    def _stack_size(self, samples: dict, keys: tuple, weights: dict) -> int:
+        """`train_timesteps_per_forward`, or for "auto" the largest stack whose activations fit the memory budget:
+        measured once, on a forward of the first `train_batch_size` samples at one timestep (no backward), and the
+        smallest over processes. Logged as `train/timesteps_per_forward`."""
+        c, device = self.config, self.accelerator.device
+        if c.train_timesteps_per_forward != "auto":
+            return c.train_timesteps_per_forward
+        if self.timesteps_per_forward is None:
+            k = self.num_train_timesteps
+            if k > 1:
+                rows = torch.arange(min(c.train_batch_size, samples["timesteps"].shape[0]), device=device)
+                measured = saved_activation_bytes(
+                    lambda: self._loss_terms_at(samples, keys, weights, rows, torch.zeros_like(rows))["loss"],
+                    exclude=[self.model])
+                fit = timesteps_per_forward_for_budget(measured, memory_budget_bytes(device, c.train_memory_budget_gb), k)
+                k = int(self.accelerator.gather(torch.tensor([fit], device=device)).min())
+                self.activation_bytes_per_timestep = measured
+                logger.info("train_timesteps_per_forward=auto: %d of %d timesteps per forward (%.1f MB of "
+                            "activations per timestep)", k, self.num_train_timesteps, measured / 1e6)
+            self.timesteps_per_forward = k
+        return self.timesteps_per_forward
 
     # ================================================================== epoch
     def step(self, epoch: int, global_step: int) -> int:

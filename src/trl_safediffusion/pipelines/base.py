@@ -272,6 +272,7 @@ class DDPOStableDiffusionPipeline:
         show_progress: bool = False,
         stochastic_steps: tuple[int, int] | None = None,
         prefix_rows=None,
+        model: torch.nn.Module | None = None,
     ) -> RolloutOutput:
         """Sample trajectories with the step distribution at every step (classifier-free guidance when
         `guidance_scale > 1`).
@@ -293,12 +294,14 @@ class DDPOStableDiffusionPipeline:
                 its steps, `first_step = start`). Default: every step (Flow-GRPO-Fast and MixGRPO train windows).
             prefix_rows (sequence of `int`, *optional*): (B,) ids; rows with the same id start from the same noise
                 with the same conditioning (a GRPO group), so the deterministic steps before the window are computed
-                once per id and shared, exactly as if computed per row.
+                once per id and shared: the same arithmetic as per row, on fewer rows (bit-identical for a model
+                whose rows do not depend on their batch; CPU kernels round batch-size-dependently, ~1e-6).
+            model (`torch.nn.Module`, *optional*): the denoiser to roll out (default: `self.model`).
         """
         from tqdm.auto import tqdm
 
         conditioning = as_conditioning(conditioning)
-        model = self.model
+        model = self.model if model is None else model
         device = next(model.parameters()).device
         batch = num_samples(conditioning)
         cfg = guidance_scale > 1.0
