@@ -164,6 +164,8 @@ def test_trainer_stores_and_trains_only_window_steps(tmp_path):
     trainer.train()
     assert any(not torch.equal(before[k], v) for k, v in pipe.unet.state_dict().items())
     assert [r["sde_window_start"] for r in trainer.log_history if "reward_mean" in r] == [1, 1]
+    recipe = trainer._recipe()  # the model card says which steps were stochastic
+    assert (recipe["sample_sde_window"], recipe["sample_sde_window_size"]) == ("fixed", 2)
 
 
 def test_window_schedules():
@@ -208,3 +210,39 @@ def test_deterministic_ddim_step_draws_no_noise_and_scores_nothing(pipe):
     with pytest.raises(ValueError, match="eta must be > 0"):
         ddim_step_with_logprob(pipe.scheduler, torch.zeros_like(x), pipe.scheduler.timesteps[1], x, eta=0.0,
                                prev_sample=x)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_families_window_and_shared_prefix(tmp_path, family):
+    """The same windows for the flow-matching families: the flow ODE outside the window (no noise drawn), only the
+    window stored and trained, and the shared prefix on fewer rows."""
+    from trl_safediffusion import DefaultDDPOFluxPipeline, DefaultDDPOStableDiffusion3Pipeline
+    from trl_safediffusion.testing_utils import tiny_flux_pipeline, tiny_sd3_pipeline
+
+    if family == "sd3":
+        flow = DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(seed=0), use_lora=True, max_sequence_length=8)
+        scale = 3.0
+    else:
+        flow = DefaultDDPOFluxPipeline(tiny_flux_pipeline(seed=0), use_lora=True, max_sequence_length=8)
+        scale = 1.0
+    cond = flow.encode_conditioning([f"prompt {i // 2}" for i in range(4)])
+    noise = torch.stack([torch.randn(flow.latent_shape(), generator=torch.Generator().manual_seed(i // 2))
+                         for i in range(4)])
+    outs = []
+    for seed in (100, 200):
+        with torch.no_grad():
+            outs.append(flow.rollout(cond, num_inference_steps=T, guidance_scale=scale, eta=0.7, initial_latents=noise,
+                                     generators=[torch.Generator().manual_seed(seed + i) for i in range(4)],
+                                     stochastic_steps=(2, 4), prefix_rows=[0, 0, 1, 1]))
+    out = outs[0]
+    assert out.latents.shape[1] == 3 and out.log_probs.shape == (4, 2) and out.first_step == 2
+    assert torch.equal(outs[0].latents[:, 0], outs[1].latents[:, 0])  # the deterministic prefix, shared per group
+    assert torch.equal(out.latents[0, 0], out.latents[1, 0]) and not torch.equal(out.latents[0, 0], out.latents[2, 0])
+    assert not torch.equal(outs[0].latents[:, 1], outs[1].latents[:, 1])  # the window's steps draw noise
+    config = _config(tmp_path, sample_num_steps=T, sample_batch_size=4, train_batch_size=4, num_generations=2,
+                     sample_eta=0.7, sample_guidance_scale=scale, sample_sde_window="fixed",
+                     sample_sde_window_size=2, sample_sde_window_start=1, num_epochs=1)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, flow, train_dataset=PROMPTS)
+    batches, _, _, _ = trainer._rollout_epoch(0)
+    assert batches[0]["timesteps"].shape == (4, 2)
+    torch.testing.assert_close(batches[0]["timesteps"][0], flow.set_timesteps(T)[1:3])

@@ -33,6 +33,8 @@ class PublishingMixin:
             "sample_num_steps": c.sample_num_steps,
             "sample_eta": c.sample_eta,
             "sample_guidance_scale": c.sample_guidance_scale,
+            "sample_sde_window": None if c.sample_sde_window == "all" else c.sample_sde_window,
+            "sample_sde_window_size": None if c.sample_sde_window == "all" else c.sample_sde_window_size,
             "train_learning_rate": c.train_learning_rate,
             "train_batch_size": c.train_batch_size,
             "sample_batch_size": c.sample_batch_size,
