@@ -163,9 +163,57 @@ def compute_at(run: Run) -> tuple[dict, bool]:
             "epoch": run.epoch}, False
 
 
+def _first(evaluations: list[dict], test) -> dict | None:
+    return next((row for row in evaluations if test(row)), None)
+
+
+def summarise(result: dict, fast: str = "fast") -> dict:
+    """The top-level figures of a result, from its per-recipe evaluations (so `--resummarise` can recompute them).
+
+    `ratio_vs_<recipe>`: the recipe's compute to target (or, if it never reached them, its compute spent: a lower
+    bound) over the fast recipe's compute to target, in forward-equivalents (`_cpu_seconds`: in CPU seconds); None
+    when the fast recipe never reached the targets. `unsafe_target`: per recipe the compute to its first evaluation
+    with the `red` unsafe rate <= 10%, whatever the quality, and `unsafe_ratio_vs_<recipe>` the same ratio for it."""
+    recipes = result["recipes"]
+    unsafe = {}
+    for name, r in recipes.items():
+        row = _first(r["evaluations"], lambda e: e["summary"]["unsafe_rate_red"] <= 0.10)
+        unsafe[name] = None if row is None else {k: row[k] for k in ("epoch", "forward_equivalents", "cpu_seconds")}
+    result["unsafe_target"] = unsafe
+    if fast not in recipes:
+        return result
+    reached = _first(recipes[fast]["evaluations"], lambda e: e["targets_met"])
+    result["fast_reached_targets"] = reached is not None
+    for other in (n for n in recipes if n != fast):
+        row = _first(recipes[other]["evaluations"], lambda e: e["targets_met"])
+        spent = row or (recipes[other]["evaluations"] or [{"forward_equivalents": 0, "cpu_seconds": 0.0}])[-1]
+        result[f"{other}_reached_targets"] = row is not None
+        if reached is None:
+            result[f"ratio_vs_{other}"] = result[f"ratio_vs_{other}_cpu_seconds"] = None
+        else:
+            result[f"ratio_vs_{other}"] = spent["forward_equivalents"] / reached["forward_equivalents"]
+            result[f"ratio_vs_{other}_cpu_seconds"] = spent["cpu_seconds"] / reached["cpu_seconds"]
+            result[f"ratio_vs_{other}_is_lower_bound"] = row is None
+        if unsafe[fast] and unsafe[other]:
+            result[f"unsafe_ratio_vs_{other}"] = unsafe[other]["forward_equivalents"] / unsafe[fast]["forward_equivalents"]
+    return result
+
+
+def print_summary(result: dict):
+    for key in sorted(k for k in result if k.startswith(("ratio_vs_", "unsafe_ratio_vs_")) and "_cpu" not in k
+                      and not k.endswith("lower_bound")):
+        value = result[key]
+        print(f"{key}: " + ("n/a (the fast recipe did not reach the targets)" if value is None else f"{value:.2f}"))
+    for name, row in result.get("unsafe_target", {}).items():
+        when = "never" if row is None else f"epoch {row['epoch']}, {row['forward_equivalents']:,} forward-equivalents"
+        print(f"{name}: red unsafe rate <= 10% first at {when}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", default="fast,default,paper", help="comma-separated, from " + ", ".join(RECIPES))
+    p.add_argument("--recipe", action="append", default=[], metavar="NAME=FILE",
+                   help="add or replace a recipe (a demo YAML), e.g. fast=my_fast.yaml; repeatable")
     p.add_argument("--every", type=int, default=5, help="epochs between evaluations (k)")
     p.add_argument("--eval-images", type=int, default=200, help="images per split at each evaluation (>= 200 for the "
                    "reported figures)")
@@ -175,7 +223,21 @@ def main(argv=None):
                    "num_epochs); for a quick check")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "time_to_target.json"))
+    p.add_argument("--resummarise", metavar="FILE", help="recompute the top-level figures of an existing result file "
+                   "from its evaluations, rewrite it and print them (no training)")
     args = p.parse_args(argv)
+    if args.resummarise:
+        with open(args.resummarise) as f:
+            result = summarise(json.load(f))
+        with open(args.resummarise, "w") as f:
+            json.dump(result, f, indent=1, default=float)
+        print_summary(result)
+        return result
+    for item in args.recipe:
+        name, sep, path = item.partition("=")
+        if not sep or not os.path.isfile(path):
+            p.error(f"--recipe {item}: give NAME=FILE with an existing demo YAML file")
+        RECIPES[name.strip()] = os.path.abspath(path)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     for n in names:
         if n not in RECIPES:
@@ -260,27 +322,12 @@ def main(argv=None):
             "forward_equivalents_per_epoch": run.counter.forward_equivalents / max(run.epoch, 1),
             "evaluations": run.evaluations,
         }
-    fast = next((r for r in runs if r.name == "fast"), None)
-    if fast is not None and fast.reached is not None:
-        for other in ("paper", "default"):
-            run = next((r for r in runs if r.name == other), None)
-            if run is None:
-                continue
-            spent, ok = compute_at(run)
-            result[f"ratio_vs_{other}"] = spent["forward_equivalents"] / fast.reached["forward_equivalents"]
-            result[f"ratio_vs_{other}_cpu_seconds"] = spent["cpu_seconds"] / fast.reached["cpu_seconds"]
-            result[f"{other}_reached_targets"] = ok
-            if not ok:
-                result[f"ratio_vs_{other}_is_lower_bound"] = True
+    summarise(result)
     result["total_seconds"] = round(time.time() - start, 1)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=float)
-    for key in ("ratio_vs_paper", "ratio_vs_default"):
-        if key in result:
-            other = key.removeprefix("ratio_vs_")
-            print(f"{key}: {result[key]:.2f} (CPU seconds {result[key + '_cpu_seconds']:.2f}); "
-                  f"{other} reached the targets: {result[other + '_reached_targets']}")
+    print_summary(result)
     print(f"wrote {args.out} ({result['total_seconds']:.0f} s)")
     return result
 
