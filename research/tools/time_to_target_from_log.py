@@ -21,6 +21,7 @@ LINE = re.compile(r"^(\w+)\s+epoch\s+(\d+)\s+fwd-eq\s+([\d,]+)\s+cpu\s+(\d+) s\s
 
 def main(log_path: str, out_path: str):
     import time_to_target as ttt
+
     from trl_safediffusion.toy.demo import _evaluate
     from trl_safediffusion.toy.pipeline import load_toy_pipeline
 
