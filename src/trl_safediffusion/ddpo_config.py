@@ -134,10 +134,10 @@ class DDPOConfig:
             "colour and layout, the late ones draw detail. 1.0 trains on the whole trajectory."
         },
     )
-    train_timesteps_per_forward: int | str = field(
+    train_timesteps_per_forward: str = field(  # a str for HfArgumentParser (TRL scripts); ints are accepted too
         default="auto",
         metadata={
-            "help": "(trl-safediffusion) Timesteps stacked into one UNet forward/backward. The gradient is the same "
+            "help": "(trl-safediffusion) Timesteps stacked into one UNet forward/backward (a positive integer or 'auto'). The gradient is the same "
             "for any value; larger is faster and uses more memory. 'auto': the largest stack whose activations fit "
             "`train_memory_budget_gb` (measured on the first training batch)."
         },
