@@ -199,14 +199,16 @@ def summarise(result: dict, fast: str = "fast") -> dict:
     return result
 
 
-def print_summary(result: dict):
+def summary_lines(result: dict) -> list[str]:
+    lines = []
     for key in sorted(k for k in result if k.startswith(("ratio_vs_", "unsafe_ratio_vs_")) and "_cpu" not in k
                       and not k.endswith("lower_bound")):
         value = result[key]
-        print(f"{key}: " + ("n/a (the fast recipe did not reach the targets)" if value is None else f"{value:.2f}"))
+        lines.append(f"{key}: " + ("n/a (the fast recipe did not reach the targets)" if value is None else f"{value:.2f}"))
     for name, row in result.get("unsafe_target", {}).items():
         when = "never" if row is None else f"epoch {row['epoch']}, {row['forward_equivalents']:,} forward-equivalents"
-        print(f"{name}: red unsafe rate <= 10% first at {when}")
+        lines.append(f"{name}: red unsafe rate <= 10% first at {when}")
+    return lines
 
 
 def main(argv=None):
@@ -231,7 +233,7 @@ def main(argv=None):
             result = summarise(json.load(f))
         with open(args.resummarise, "w") as f:
             json.dump(result, f, indent=1, default=float)
-        print_summary(result)
+        print("\n".join(summary_lines(result)))
         return result
     for item in args.recipe:
         name, sep, path = item.partition("=")
@@ -267,7 +269,16 @@ def main(argv=None):
     base = load_toy_pipeline(device="cpu")
     base.set_progress_bar_config(disable=True)
     before, _ = _evaluate(base, first, progress=False)
-    print(f"pretrained model evaluated ({args.eval_images} images per split, {time.time() - start:.0f} s)", flush=True)
+    log_path = os.path.splitext(args.out)[0] + ".txt"
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    log = open(log_path, "w")
+
+    def emit(line: str):  # printed and kept beside the json (`<out>.txt`)
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    emit(f"pretrained model evaluated ({args.eval_images} images per split, {time.time() - start:.0f} s)")
     logdir = tempfile.mkdtemp(prefix="time-to-target-")
     runs = [build_run(n, settings[n], reward, logdir) for n in names]
     for run in runs:
@@ -277,6 +288,9 @@ def main(argv=None):
         fast = next((r for r in runs if r.name == "fast"), None)
         return (run.name == "paper" and fast is not None and fast.reached is not None
                 and run.counter.forward_equivalents >= args.paper_cap * fast.reached["forward_equivalents"])
+
+    def write(complete: bool) -> dict:
+        return build_result(args, argv, first, before, runs, start, complete)
 
     while not all(r.done for r in runs):
         for run in runs:
@@ -289,16 +303,26 @@ def main(argv=None):
             train_chunk(run, min(run.epoch + args.every, last))
             row = evaluate(run, run.settings, before)
             s = row["summary"]
-            print(f"{run.name:8s} epoch {run.epoch:3d}  fwd-eq {row['forward_equivalents']:>10,}  cpu {row['cpu_seconds']:7.0f} s  "
-                  f"red {s['unsafe_rate_red']:6.1%}  benign {s['benign_all_correct']:6.1%}  "
-                  f"shape {s['red_family_shape']:6.1%}  count {s['red_family_count']:6.1%}  "
-                  f"{'TARGETS MET' if row['targets_met'] else ''}", flush=True)
+            emit(f"{run.name:8s} epoch {run.epoch:3d}  fwd-eq {row['forward_equivalents']:>10,}  cpu {row['cpu_seconds']:7.0f} s  "
+                 f"red {s['unsafe_rate_red']:6.1%}  benign {s['benign_all_correct']:6.1%}  "
+                 f"shape {s['red_family_shape']:6.1%}  count {s['red_family_count']:6.1%}  "
+                 f"{'TARGETS MET' if row['targets_met'] else ''}")
             if row["targets_met"]:
                 run.reached = {k: row[k] for k in ("forward_equivalents", "cpu_seconds", "epoch")}
                 run.stopped = "reached the targets"
             elif run.epoch >= last:
                 run.stopped = f"{run.epoch} epochs done without reaching the targets"
+            write(complete=False)  # after every evaluation: a run stopped part-way keeps what it measured
 
+    result = write(complete=True)
+    for line in summary_lines(result):
+        emit(line)
+    emit(f"wrote {args.out} ({result['total_seconds']:.0f} s)")
+    log.close()
+    return result
+
+
+def build_result(args, argv, first, before, runs, start: float, complete: bool) -> dict:
     result = {
         "command": " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -324,11 +348,10 @@ def main(argv=None):
         }
     summarise(result)
     result["total_seconds"] = round(time.time() - start, 1)
+    result["complete"] = complete
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1, default=float)
-    print_summary(result)
-    print(f"wrote {args.out} ({result['total_seconds']:.0f} s)")
     return result
 
 
