@@ -25,8 +25,9 @@ transformer has the stock attention processors.
 
     python -m trl_safediffusion.toy.train_flow_pipeline --out toy_flow --seed 0 --half
 
-takes about 40 minutes (6,500 steps of batch 48, ~0.35 s a step) on a busy 2-core CPU at one thread. The folder loads
-with `StableDiffusion3Pipeline.from_pretrained(folder)` and stock diffusers, and samples well with 20 Euler steps and
+takes about 40 minutes (6,500 steps of batch 48, ~0.37 s a step) on a busy 2-core CPU at one thread. The folder
+loads with stock diffusers, `StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)`
+(diffusers asks for the two None components of any SD3 folder without T5), and is evaluated with 20 Euler steps and
 guidance 5.
 """
 
