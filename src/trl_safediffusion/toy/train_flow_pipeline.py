@@ -102,6 +102,7 @@ def build_flow_components(source: str | None = None, seed: int = 0) -> dict:
     vae.eval().requires_grad_(False)
     text_encoder = load_toy_text_encoder(source)
     text_width = text_encoder.config.hidden_size
+    tokenizer = clip_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH)
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=8,
@@ -121,9 +122,9 @@ def build_flow_components(source: str | None = None, seed: int = 0) -> dict:
         "scheduler": FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT),
         "vae": vae,
         "text_encoder": text_encoder,
-        "tokenizer": clip_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH),
+        "tokenizer": tokenizer,
         "text_encoder_2": copy.deepcopy(text_encoder),
-        "tokenizer_2": clip_tokenizer(model_max_length=TOKENIZER_MAX_LENGTH),
+        "tokenizer_2": copy.deepcopy(tokenizer),
         "text_encoder_3": None,
         "tokenizer_3": None,
     }
