@@ -8,7 +8,7 @@ The VAE and the text tower come from the shipped toy Stable Diffusion pipeline (
   `text_encoder` and `text_encoder_2`. SD3 concatenates the penultimate hidden states of both (2 x 32 = 64, the
   transformer's `joint_attention_dim`) and their projected pooled outputs (the 64 `pooled_projections`);
   `text_encoder_3` and `tokenizer_3` are None, so the pipeline appends `max_sequence_length` (256) zero tokens. The
-  CLIP tokenizers are saved with `model_max_length` 16 (the longest caption has 5 tokens plus begin and end); CLIP is
+  CLIP tokenizers are saved with `model_max_length` 16 (the longest caption has 7 tokens with begin and end); CLIP is
   causal, so the first 16 hidden states are the same as with 77.
 
 Only a ~2.3M-parameter `SD3Transformer2DModel` (patch size 2 on the 8x8 latents: 16 image tokens; 4 joint blocks,
