@@ -45,16 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train_pipeline import (
-    _ema_update,
-    _images_to_tensor,
-    _lr_at,
-    _noisy_content,
-    _training_caption,
-    _training_spec,
-    write_slow_tokenizer_files,
-)
-from .world import draw_batch
+from .train_pipeline import _ema_update, _lr_at, training_batch, write_slow_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -239,9 +230,8 @@ def train_transformer(components: dict, args, rng: np.random.Generator) -> tuple
     for step in range(args.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, args.steps, args.lr, warmup=args.warmup)
-        specs = [_training_spec(rng, args.colour_balance) for _ in range(args.batch_size)]
-        prompts = [_training_caption(s, rng) if rng.random() >= args.caption_dropout else "" for s in specs]
-        x = _images_to_tensor(draw_batch([_noisy_content(s, args.red_caption_noise, rng) for s in specs], rng))
+        prompts, x = training_batch(rng, args.batch_size, args.colour_balance, args.caption_dropout,
+                                    args.red_caption_noise)
         new = sorted({p for p in prompts if p not in cache})
         if new:
             hidden, pooled = encode_clip_prompts(components, new)
