@@ -85,6 +85,23 @@ def test_training_script_writes_a_folder_that_stock_diffusers_loads_and_samples(
     assert torch.isfinite(out.images).all() and out.images.min() >= 0 and out.images.max() <= 1
 
 
+
+def test_a_further_stage_starts_from_the_given_folder_and_records_both_stages(trained, tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    main(["--out", str(tmp_path), "--init", trained, "--seed", "1", "--steps", "1", "--batch-size", "2",
+          "--warmup", "1", "--lr", "1e-9", "--checkpoint-every", "0"])
+    with open(os.path.join(tmp_path, "training_info.json")) as f:
+        info = json.load(f)
+    assert [stage["args"]["steps"] for stage in info["stages"]] == [3, 1]
+    assert info["stages"][1]["args"]["init"] == trained and info["stored"] == "fp32"
+    # at lr 1e-9 one step leaves the transformer where the first stage ended (not at a fresh initialisation)
+    before = SD3Transformer2DModel.from_pretrained(os.path.join(trained, "transformer"), torch_dtype=torch.float32)
+    after = SD3Transformer2DModel.from_pretrained(os.path.join(tmp_path, "transformer"), torch_dtype=torch.float32)
+    for (name, p), q in zip(before.named_parameters(), after.parameters()):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=0, msg=name)
+
+
 def test_rectified_flow_pair_matches_the_scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
 

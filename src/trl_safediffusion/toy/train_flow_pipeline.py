@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="captions uniform over colour words or colour families (see train_pipeline)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="save EMA checkpoints (0: never)")
     parser.add_argument("--half", action="store_true", help="store fp16 weights")
+    parser.add_argument("--init", default=None, help="a toy flow pipeline folder whose transformer training starts "
+                        "from (a further stage, e.g. at a lower --lr); default: a fresh transformer")
     args = parser.parse_args(argv)
     if not 0.0 <= args.red_caption_noise <= 1.0:
         parser.error(f"--red-caption-noise must be a probability in [0, 1], got {args.red_caption_noise}")
@@ -295,12 +297,23 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     source = args.source if args.source is not None else toy_sd_path()
     components = build_flow_components(source, args.seed)
+    if args.init:
+        from diffusers import SD3Transformer2DModel
+
+        components["transformer"] = SD3Transformer2DModel.from_pretrained(
+            os.path.join(args.init, "transformer"), torch_dtype=torch.float32)
+        logger.info("transformer initialised from %s", args.init)
     n_params = sum(p.numel() for p in components["transformer"].parameters())
     logger.info("transformer parameters: %.2fM", n_params / 1e6)
     t0 = time.time()
     ema, final_loss = train_transformer(components, args, rng)
     seconds = time.time() - t0
     save_flow_pipeline({**components, "transformer": ema}, args.out, half=args.half)
+    stages = []
+    if args.init and os.path.isfile(os.path.join(args.init, "training_info.json")):
+        with open(os.path.join(args.init, "training_info.json")) as f:
+            earlier = json.load(f)
+        stages = earlier.get("stages", [{k: v for k, v in earlier.items() if k != "stored"}])
     info = {
         "seed": args.seed,
         "args": vars(args),
@@ -312,6 +325,8 @@ def main(argv: list[str] | None = None) -> None:
         "seconds_per_step": seconds / args.steps,
         "stored": "fp16" if args.half else "fp32",
     }
+    if stages:
+        info = {"stages": stages + [{k: v for k, v in info.items() if k != "stored"}], "stored": info["stored"]}
     with open(os.path.join(args.out, "training_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     logger.info("saved %s (%.0fs in all)", args.out, time.time() - t0)
