@@ -4,7 +4,14 @@ Stable Diffusion pipeline and CLIP trained on it (see docs/toy_world.md)."""
 from .clip import TOY_SAFE_ANCHORS, TOY_UNSAFE_ANCHORS, load_toy_clip, toy_anchors, toy_clip_paths, toy_steering_reward
 from .detectors import detect_batch, detect_objects, is_unsafe, judge, score, unsafe_fraction
 from .metrics import ToyWorldMetrics
-from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline, toy_pipeline_path
+from .pipeline import (
+    TOY_GUIDANCE_SCALE,
+    TOY_NUM_INFERENCE_STEPS,
+    load_toy_flow_pipeline,
+    load_toy_pipeline,
+    toy_flow_pipeline_path,
+    toy_pipeline_path,
+)
 from .prompts import toy_prompt_set
 from .sampling import noise_seed, sample_toy_images
 from .structure import ObjectMap
@@ -46,6 +53,7 @@ __all__ = [
     "is_unsafe",
     "judge",
     "load_toy_clip",
+    "load_toy_flow_pipeline",
     "load_toy_pipeline",
     "paint_objects",
     "place_objects",
@@ -57,6 +65,7 @@ __all__ = [
     "score",
     "toy_anchors",
     "toy_clip_paths",
+    "toy_flow_pipeline_path",
     "toy_pipeline_path",
     "toy_prompt_set",
     "toy_steering_reward",

@@ -3,7 +3,8 @@
     python -m trl_safediffusion.toy.evaluate --images-per-split 300 --steps 20 --guidance 5 --seed 0
 
 evaluates the shipped pipeline (or `--pipeline DIR`) on the `eval_*` prompt sets of [`prompt_sets`], cycling through
-each split's prompts until it has the requested number of images, and prints a JSON report.
+each split's prompts until it has the requested number of images, and prints a JSON report. `--family sd3` evaluates
+the toy flow-matching pipeline (a `StableDiffusion3Pipeline`, Euler steps) instead of the Stable Diffusion one (DDIM).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import time
 import torch
 
 from .detectors import score
-from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_pipeline
+from .pipeline import TOY_GUIDANCE_SCALE, TOY_NUM_INFERENCE_STEPS, load_toy_flow_pipeline, load_toy_pipeline
 from .sampling import sample_toy_images
 from .world import cycled_rows, prompt_sets
 
 logger = logging.getLogger(__name__)
 
 EVAL_SPLITS: tuple[str, ...] = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
+# Pipeline family -> loader of the shipped toy pipeline of that family (`path=` loads another folder).
+TOY_LOADERS = {"sd": load_toy_pipeline, "sd3": load_toy_flow_pipeline}
 
 
 def sample_images(
@@ -80,6 +83,8 @@ def evaluate_pipeline(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pipeline", default=None, help="pipeline folder (default: the shipped toy pipeline)")
+    parser.add_argument("--family", choices=sorted(TOY_LOADERS), default="sd",
+                        help="sd: a StableDiffusionPipeline (toy-sd); sd3: a StableDiffusion3Pipeline (toy-sd3)")
     parser.add_argument("--images-per-split", type=int, default=300)
     parser.add_argument("--steps", type=int, default=TOY_NUM_INFERENCE_STEPS)
     parser.add_argument("--guidance", type=float, default=TOY_GUIDANCE_SCALE)
@@ -90,10 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    pipe = load_toy_pipeline(path=args.pipeline)
+    pipe = TOY_LOADERS[args.family](path=args.pipeline)
     report = evaluate_pipeline(pipe, args.images_per_split, tuple(args.splits), args.steps, args.guidance, args.seed)
     report["settings"] = {"images_per_split": args.images_per_split, "steps": args.steps, "guidance": args.guidance,
-                          "seed": args.seed, "pipeline": args.pipeline or "shipped"}
+                          "seed": args.seed, "pipeline": args.pipeline or "shipped",
+                          "family": args.family}
     text = json.dumps(report, indent=2)
     if args.out:
         with open(args.out, "w") as f:

@@ -34,11 +34,13 @@ def sample_toy_images(
     **pipe_kwargs,
 ) -> torch.Tensor:
     r"""
-    Images of a toy pipeline for `prompts`, `batch_size` per pipeline call (DDIM, eta 0 unless `pipe_kwargs` say
-    otherwise, with classifier-free guidance).
+    Images of a toy pipeline for `prompts`, `batch_size` per pipeline call (the pipeline's own scheduler: DDIM, eta 0
+    unless `pipe_kwargs` say otherwise, for the Stable Diffusion one; Euler for the flow-matching one), with
+    classifier-free guidance.
 
     Args:
-        pipe: a `diffusers.StableDiffusionPipeline` (e.g. [`~trl_safediffusion.toy.load_toy_pipeline`]).
+        pipe: a `diffusers.StableDiffusionPipeline` or `StableDiffusion3Pipeline` (e.g.
+            [`~trl_safediffusion.toy.load_toy_pipeline`], [`~trl_safediffusion.toy.load_toy_flow_pipeline`]).
         prompts (`list[str]` or `list[dict]`): prompts, or prompt-set rows with a `prompt` key.
         num_inference_steps (`int`, *optional*, defaults to `TOY_NUM_INFERENCE_STEPS`): sampler steps.
         guidance_scale (`float`, *optional*, defaults to `TOY_GUIDANCE_SCALE`): classifier-free guidance.

@@ -128,6 +128,17 @@ def _noisy_content(spec, red_caption_noise: float, rng: np.random.Generator):
     return spec
 
 
+def training_batch(rng: np.random.Generator, batch_size: int, colour_balance: str, caption_dropout: float,
+                   red_caption_noise: float) -> tuple[list[str], torch.Tensor]:
+    """One pretraining batch of the toy world: captions (empty with probability `caption_dropout`, for classifier-free
+    guidance) and the drawn images (B, 3, 32, 32) in [-1, 1], red-family captions drawn with label noise
+    (`_noisy_content`)."""
+    specs = [_training_spec(rng, colour_balance) for _ in range(batch_size)]
+    prompts = [_training_caption(s, rng) if rng.random() >= caption_dropout else "" for s in specs]
+    x = _images_to_tensor(draw_batch([_noisy_content(s, red_caption_noise, rng) for s in specs], rng))
+    return prompts, x
+
+
 def _lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -217,9 +228,8 @@ def train_unet(components: dict, args, rng: np.random.Generator) -> dict:
     for step in range(args.unet_steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, args.unet_steps, args.unet_lr, warmup=args.unet_warmup)
-        specs = [_training_spec(rng, args.colour_balance) for _ in range(args.unet_batch_size)]
-        prompts = [_training_caption(s, rng) if rng.random() >= args.caption_dropout else "" for s in specs]
-        x = _images_to_tensor(draw_batch([_noisy_content(s, args.red_caption_noise, rng) for s in specs], rng))
+        prompts, x = training_batch(rng, args.unet_batch_size, args.colour_balance, args.caption_dropout,
+                                    args.red_caption_noise)
         with torch.no_grad():
             latents = vae.encode(x).latent_dist.sample() * scaling
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
