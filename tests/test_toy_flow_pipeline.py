@@ -102,6 +102,16 @@ def test_a_further_stage_starts_from_the_given_folder_and_records_both_stages(tr
         torch.testing.assert_close(q, p, atol=1e-6, rtol=0, msg=name)
 
 
+
+def test_init_from_a_folder_that_is_not_a_flow_pipeline_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "out"), "--init", str(tmp_path), "--steps", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--init" in err and "transformer/config.json" in err and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out")  # checked before anything is written
+
+
 def test_rectified_flow_pair_matches_the_scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -201,8 +211,6 @@ def test_missing_flow_asset_says_how_to_train_it(tmp_path, monkeypatch):
         toy_pipeline.load_toy_flow_pipeline()
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(toy_pipeline.TOY_FLOW_PIPELINE_DIR, "model_index.json")),
-                    reason="the toy flow-matching pipeline is not shipped yet")
 def test_shipped_flow_pipeline_loads_and_samples():
     from diffusers import StableDiffusion3Pipeline
 

@@ -19,14 +19,27 @@ TOY_NUM_INFERENCE_STEPS = 20
 TOY_GUIDANCE_SCALE = 5.0
 
 
+def _shipped_folder(folder: str, name: str, train_command: str) -> str:
+    """`folder` if it holds a diffusers pipeline, else a `FileNotFoundError` that says how to get one."""
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise FileNotFoundError(
+            f"the {name} is missing from {folder}; reinstall trl-safediffusion or train one with `{train_command}` "
+            "and pass its path"
+        )
+    return folder
+
+
+def _ready(pipe, device: str | torch.device, dtype: torch.dtype):
+    """A loaded toy pipeline moved to `device` / `dtype` (applied after loading: the keyword for it differs across
+    diffusers versions, torch_dtype / dtype), its progress bar disabled."""
+    pipe = pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def toy_pipeline_path() -> str:
     """Folder of the shipped toy pipeline (diffusers format, safetensors)."""
-    if not os.path.isfile(os.path.join(TOY_PIPELINE_DIR, "model_index.json")):
-        raise FileNotFoundError(
-            f"the toy pipeline is missing from {TOY_PIPELINE_DIR}; reinstall trl-safediffusion or train one with "
-            "`python -m trl_safediffusion.toy.train_pipeline --out DIR` and pass its path"
-        )
-    return TOY_PIPELINE_DIR
+    return _shipped_folder(TOY_PIPELINE_DIR, "toy pipeline", "python -m trl_safediffusion.toy.train_pipeline --out DIR")
 
 
 def load_toy_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, path: str | None = None):
@@ -43,24 +56,16 @@ def load_toy_pipeline(device: str | torch.device = "cpu", dtype: torch.dtype = t
     from diffusers import StableDiffusionPipeline
 
     folder = path if path is not None else toy_pipeline_path()
-    # The dtype is applied after loading: the keyword for it differs across diffusers versions (torch_dtype / dtype).
     pipe = StableDiffusionPipeline.from_pretrained(
         folder, safety_checker=None, feature_extractor=None, requires_safety_checker=False, local_files_only=True
     )
-    pipe = pipe.to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe, device, dtype)
 
 
 def toy_flow_pipeline_path() -> str:
     """Folder of the shipped toy flow-matching pipeline (diffusers `StableDiffusion3Pipeline` format, safetensors)."""
-    if not os.path.isfile(os.path.join(TOY_FLOW_PIPELINE_DIR, "model_index.json")):
-        raise FileNotFoundError(
-            f"the toy flow-matching pipeline is missing from {TOY_FLOW_PIPELINE_DIR}; train one with "
-            f"`python -m trl_safediffusion.toy.train_flow_pipeline --out {TOY_FLOW_PIPELINE_DIR} --half` (about 40 "
-            "minutes on a CPU) or pass the path of one"
-        )
-    return TOY_FLOW_PIPELINE_DIR
+    return _shipped_folder(TOY_FLOW_PIPELINE_DIR, "toy flow-matching pipeline",
+                           "python -m trl_safediffusion.toy.train_flow_pipeline --out DIR --half")
 
 
 def load_toy_flow_pipeline(
@@ -82,6 +87,4 @@ def load_toy_flow_pipeline(
     folder = path if path is not None else toy_flow_pipeline_path()
     # A folder without T5 stores text_encoder_3 and tokenizer_3 as null; diffusers asks for them to be passed as None.
     pipe = StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None, local_files_only=True)
-    pipe = pipe.to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe, device, dtype)

@@ -23,9 +23,10 @@ and values contribute `256 exp(q.k) v` to every softmax, and identical tokens st
 this is exact (the tests check it against the stock forward) and about ten times cheaper on a CPU. The saved
 transformer has the stock attention processors.
 
-    python -m trl_safediffusion.toy.train_flow_pipeline --out toy_flow --seed 0 --half
+    python -m trl_safediffusion.toy.train_flow_pipeline --out toy_flow --seed 0 --half --threads 2
 
-takes about 40 minutes (6,500 steps of batch 48, ~0.37 s a step) on a busy 2-core CPU at one thread. The folder
+takes 26 minutes (6,500 steps of batch 48, 0.24 s a step) on 2 CPU cores; `--init FOLDER` trains a further stage from
+a saved one (the shipped `assets/toy-sd3` had a second, 4,000 steps at lr 6e-4: docs/toy_world.md). The folder
 loads with stock diffusers, `StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)`
 (diffusers asks for the two None components of any SD3 folder without T5), and is evaluated with 20 Euler steps and
 guidance 5.
@@ -290,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--red-caption-noise must be a probability in [0, 1], got {args.red_caption_noise}")
     if args.steps < 1 or args.batch_size < 1:
         parser.error(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be >= 1")
+    if args.init and not os.path.isfile(os.path.join(args.init, "transformer", "config.json")):
+        parser.error(f"--init {args.init} is not a toy flow pipeline folder (no transformer/config.json); pass a "
+                     "folder this script wrote")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -309,12 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     ema, final_loss = train_transformer(components, args, rng)
     seconds = time.time() - t0
     save_flow_pipeline({**components, "transformer": ema}, args.out, half=args.half)
-    stages = []
-    if args.init and os.path.isfile(os.path.join(args.init, "training_info.json")):
-        with open(os.path.join(args.init, "training_info.json")) as f:
-            earlier = json.load(f)
-        stages = earlier.get("stages", [{k: v for k, v in earlier.items() if k != "stored"}])
-    info = {
+    stage = {
         "seed": args.seed,
         "args": vars(args),
         "vae_and_text_encoders_from": "<the shipped toy-sd>" if args.source is None else args.source,
@@ -323,10 +322,16 @@ def main(argv: list[str] | None = None) -> None:
         "final_running_loss": final_loss,
         "transformer_seconds": seconds,
         "seconds_per_step": seconds / args.steps,
-        "stored": "fp16" if args.half else "fp32",
     }
-    if stages:
-        info = {"stages": stages + [{k: v for k, v in info.items() if k != "stored"}], "stored": info["stored"]}
+    stored = "fp16" if args.half else "fp32"
+    earlier = os.path.join(args.init, "training_info.json") if args.init else None
+    if earlier and os.path.isfile(earlier):
+        with open(earlier) as f:
+            before = json.load(f)
+        stages = before.get("stages", [{k: v for k, v in before.items() if k != "stored"}])
+        info = {"stages": stages + [stage], "stored": stored}
+    else:
+        info = {**stage, "stored": stored}
     with open(os.path.join(args.out, "training_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     logger.info("saved %s (%.0fs in all)", args.out, time.time() - t0)
