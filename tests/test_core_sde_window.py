@@ -246,3 +246,115 @@ def test_flow_families_window_and_shared_prefix(tmp_path, family):
     batches, _, _, _ = trainer._rollout_epoch(0)
     assert batches[0]["timesteps"].shape == (4, 2)
     torch.testing.assert_close(batches[0]["timesteps"][0], flow.set_timesteps(T)[1:3])
+
+
+# ---------------------------------------------------------------------- a shorter deterministic tail (tail_steps)
+def _ddim_jump_float64(scheduler, eps, x, t, s):
+    """DDIM eq. 12 with eta 0 in float64, by hand: x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps (s < 0: the final alpha)."""
+    a = scheduler.alphas_cumprod.double()
+    a_t = a[int(t)]
+    a_s = a[int(s)] if s >= 0 else torch.tensor(float(scheduler.final_alpha_cumprod), dtype=torch.float64)
+    x, eps = x.double(), eps.double()
+    x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+
+
+def test_tail_steps_are_ddim_jumps_between_evenly_spaced_steps(pipe):
+    cond, noise, _ = _inputs(pipe)
+    negative = pipe.encode_conditioning([""] * 8)
+    rows = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        out = pipe.rollout(cond, negative, num_inference_steps=T, guidance_scale=3.0, eta=1.0, initial_latents=noise,
+                           generators=[torch.Generator().manual_seed(100 + i) for i in range(8)],
+                           stochastic_steps=(0, 2), tail_steps=2)
+    finally:
+        hook.remove()
+    # 2 window steps, then the 4 steps left taken as 2 (steps 2 -> 4 -> the end), each with 2 CFG branches of 8 rows
+    assert rows == [16] * 4
+    assert out.latents.shape[1] == 3 and out.log_probs.shape == (8, 2)
+    timesteps = pipe.set_timesteps(T)
+    step = pipe.scheduler.config.num_train_timesteps // T
+    x = out.latents[:, -1]
+    with torch.no_grad():
+        for i, s in ((2, int(timesteps[4])), (4, int(timesteps[-1]) - step)):
+            t = int(timesteps[i])
+            uncond, c = pipe.unet(torch.cat([x, x]), t, torch.cat([negative["prompt_embeds"], cond["prompt_embeds"]]))\
+                .sample.chunk(2)
+            x = _ddim_jump_float64(pipe.scheduler, uncond + 3.0 * (c - uncond), x, t, s).float()
+        expected = pipe.decode_latents(x)
+    torch.testing.assert_close(out.images, expected, rtol=0, atol=1e-5)
+    # the jump differs from the full deterministic tail (it skips steps), and stays close to it on this tiny model
+    full = pipe.rollout(cond, negative, num_inference_steps=T, guidance_scale=3.0, eta=1.0, initial_latents=noise,
+                        generators=[torch.Generator().manual_seed(100 + i) for i in range(8)], stochastic_steps=(0, 2))
+    assert torch.equal(full.latents, out.latents) and not torch.equal(full.images, out.images)
+
+
+def test_tail_steps_of_one_schedule_step_are_the_deterministic_ddim_step(pipe):
+    cond, noise, _ = _inputs(pipe)
+    negative = pipe.encode_conditioning([""] * 8)
+    timesteps = pipe.set_timesteps(T)
+    with torch.no_grad():
+        for i in range(T):
+            jump = pipe.deterministic_step(pipe.unet, noise, i, i + 1, cond, negative, 3.0)
+            ddim = pipe.step_distribution(pipe.unet, noise, timesteps[i], cond, negative, 3.0, eta=0.0).latents
+            assert torch.equal(jump, ddim)
+        # as many tail steps as steps left (or more) is the ordinary rollout
+        kwargs = dict(num_inference_steps=T, guidance_scale=3.0, eta=1.0, initial_latents=noise, stochastic_steps=(0, 2))
+        plain = pipe.rollout(cond, negative, generators=[torch.Generator().manual_seed(i) for i in range(8)], **kwargs)
+        for k in (4, 9):
+            same = pipe.rollout(cond, negative, generators=[torch.Generator().manual_seed(i) for i in range(8)],
+                                tail_steps=k, **kwargs)
+            assert torch.equal(same.images, plain.images)
+        with pytest.raises(ValueError, match="index"):
+            pipe.deterministic_step(pipe.unet, noise, 3, 3, cond, negative, 3.0)
+
+
+def test_flow_ode_jump_is_the_euler_step_over_the_skipped_sigmas():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from trl_safediffusion.schedulers import flow_ode_jump
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(T)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    stock = scheduler.step(v, scheduler.timesteps[1], x).prev_sample  # the stock Euler step 1 -> 2
+    torch.testing.assert_close(flow_ode_jump(scheduler, v, x, 1, 2), stock, rtol=0, atol=1e-6)
+    sigmas = scheduler.sigmas.double()
+    for i, j in ((0, 3), (2, T)):
+        expected = x.double() + (sigmas[j] - sigmas[i]) * v.double()
+        torch.testing.assert_close(flow_ode_jump(scheduler, v, x, i, j).double(), expected, rtol=0, atol=1e-6)
+    assert float(sigmas[T]) == 0.0  # the end of the schedule is the clean latent
+    with pytest.raises(ValueError, match="next_index"):
+        flow_ode_jump(scheduler, v, x, 2, T + 1)
+
+
+def test_tail_steps_in_the_trainer_and_flow_family(tmp_path):
+    from trl_safediffusion import DefaultDDPOStableDiffusion3Pipeline
+    from trl_safediffusion.testing_utils import tiny_sd3_pipeline
+
+    flow = DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(seed=0), use_lora=True, max_sequence_length=8)
+    config = _config(tmp_path, sample_batch_size=4, train_batch_size=4, num_generations=2, sample_eta=0.7,
+                     sample_sde_window="fixed", sample_sde_window_size=2, sample_tail_steps=1, num_epochs=1)
+    trainer = SafeDDPOGRPOTrainer(config, brightness_reward, flow, train_dataset=PROMPTS)
+    rows = []
+    hook = flow.model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(kwargs["hidden_states"].shape[0]),
+                                                with_kwargs=True)
+    try:
+        batches, _, _, _ = trainer._rollout_epoch(0)
+    finally:
+        hook.remove()
+    assert batches[0]["timesteps"].shape == (4, 2)
+    assert len(rows) == 2 + 1  # two window steps and one step from the window's end to sigma 0 (not 4)
+    before = {k: v.clone() for k, v in flow.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(before[k], v) for k, v in flow.model.state_dict().items())
+    assert trainer._recipe()["sample_tail_steps"] == 1
+
+
+def test_tail_steps_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="sample_tail_steps=2 shortens .* set sample_sde_window"):
+        _config(tmp_path, sample_tail_steps=2)
+    with pytest.raises(ValueError, match="sample_tail_steps must be an integer >= 0"):
+        _config(tmp_path, sample_sde_window="fixed", sample_sde_window_size=2, sample_tail_steps=-1)

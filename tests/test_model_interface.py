@@ -166,3 +166,9 @@ def test_interface_names_the_missing_method(tmp_path):
 
     with pytest.raises(NotImplementedError, match="Incomplete must implement encode_conditioning"):
         SafeDDPOGRPOTrainer(_config(tmp_path), brightness_reward, Incomplete(), train_dataset=PROMPTS)
+
+
+def test_tail_steps_need_the_familys_deterministic_step(tmp_path):
+    config = _config(tmp_path, sample_sde_window="fixed", sample_sde_window_size=2, sample_tail_steps=1)
+    with pytest.raises(ValueError, match="sample_tail_steps=1 needs TinyFamily.deterministic_step"):
+        SafeDDPOGRPOTrainer(config, brightness_reward, TinyFamily(), train_dataset=PROMPTS)

@@ -106,6 +106,15 @@ class DDPOConfig:
     sample_sde_window_shift_every: int = field(
         default=0, metadata={"help": "(trl-safediffusion) Epochs per one-step move of the 'sliding' window."}
     )
+    sample_tail_steps: int = field(
+        default=0,
+        metadata={
+            "help": "(trl-safediffusion) With a stochastic window: take the deterministic steps after it as this many "
+            "larger steps (DDIM's deterministic jump, the flow ODE's Euler step between evenly spaced steps of the "
+            "rest of the schedule) to make the images the reward scores; fewer model evaluations per rollout. 0 "
+            "keeps every step."
+        },
+    )
     sample_batch_size: int = field(default=1, metadata={"help": "Batch size (per process) used for sampling."})
     sample_num_batches_per_epoch: int = field(default=2, metadata={"help": "Number of sampling batches per epoch."})
     train_batch_size: int = field(default=1, metadata={"help": "Batch size (per process) used for training."})
@@ -298,7 +307,17 @@ class DDPOConfig:
         modes = ("all", "fixed", "random", "sliding")
         if self.sample_sde_window not in modes:
             raise ValueError(f"sample_sde_window must be one of {modes}, got {self.sample_sde_window!r}")
+        if isinstance(self.sample_tail_steps, bool) or not isinstance(self.sample_tail_steps, int) \
+                or self.sample_tail_steps < 0:
+            raise ValueError(f"sample_tail_steps must be an integer >= 0 (0 keeps every step after the window), got "
+                             f"{self.sample_tail_steps!r}")
         if self.sample_sde_window == "all":
+            if self.sample_tail_steps:
+                raise ValueError(
+                    f"sample_tail_steps={self.sample_tail_steps} shortens the deterministic steps after a stochastic "
+                    "window, and sample_sde_window='all' has none: set sample_sde_window (e.g. 'fixed') or "
+                    "sample_tail_steps=0"
+                )
             return
         size, steps = self.sample_sde_window_size, self.sample_num_steps
         if not 1 <= size <= steps:

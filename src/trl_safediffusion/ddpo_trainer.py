@@ -106,6 +106,10 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         self.num_train_timesteps = self._num_train_timesteps()
         self.timesteps_per_forward = self.activation_bytes_per_timestep = None  # set by the first training step
         self._sde_window(0)  # a window outside the trainable steps fails here, before the first epoch
+        if config.sample_tail_steps and \
+                type(sd_pipeline).deterministic_step is DDPOStableDiffusionPipeline.deterministic_step:
+            raise ValueError(f"sample_tail_steps={config.sample_tail_steps} needs {type(sd_pipeline).__name__}."
+                             "deterministic_step() (see the model interface); implement it or set sample_tail_steps=0")
         self._setup_accelerator()
         self._setup_model()
         self.stat_tracker = PerPromptStatTracker(config.per_prompt_stat_tracking_buffer_size,
@@ -303,6 +307,7 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
                 stochastic_steps=window,
                 # steps before the window are deterministic: computed once for the samples that share their noise
                 prefix_rows=prefix_groups(prompts, plan.noise_seeds[sl]) if window else None,
+                tail_steps=self.config.sample_tail_steps or None,
             )
             samples.append(
                 {

@@ -35,6 +35,7 @@ class PublishingMixin:
             "sample_guidance_scale": c.sample_guidance_scale,
             "sample_sde_window": None if c.sample_sde_window == "all" else c.sample_sde_window,
             "sample_sde_window_size": None if c.sample_sde_window == "all" else c.sample_sde_window_size,
+            "sample_tail_steps": c.sample_tail_steps or None,
             "train_learning_rate": c.train_learning_rate,
             "train_batch_size": c.train_batch_size,
             "sample_batch_size": c.sample_batch_size,

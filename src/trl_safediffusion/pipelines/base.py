@@ -93,6 +93,18 @@ class StepDistribution(DDPOSchedulerOutput):
         return cls(out.latents, out.log_probs, out.prev_sample_mean, out.std_dev_t, out.pred_original_sample, branches)
 
 
+def tail_schedule(stop: int, num_steps: int, tail_steps: int | None) -> list[int] | None:
+    """The steps of a shortened deterministic tail: `tail_steps` evenly spaced indices of steps `stop .. num_steps - 1`
+    (the first is `stop`), each taken as one step to the next index (the last to the end); None when the tail keeps
+    every step (`tail_steps` None, or no fewer than the `num_steps - stop` steps left)."""
+    if tail_steps is None or tail_steps >= num_steps - stop:
+        return None
+    if tail_steps < 1:
+        raise ValueError(f"tail_steps must be >= 1 (or None for every step), got {tail_steps}")
+    left = num_steps - stop
+    return [stop + (k * left) // tail_steps for k in range(tail_steps)]
+
+
 def _required(self, name: str):
     return NotImplementedError(f"{type(self).__name__} must implement {name}() to be trained (see the model interface "
                                "in trl_safediffusion.pipelines.base)")
@@ -250,6 +262,33 @@ class DDPOStableDiffusionPipeline:
         """
         raise _required(self, "step_distribution")
 
+    def deterministic_step(
+        self,
+        model,
+        latents: torch.Tensor,
+        index: int,
+        next_index: int,
+        conditioning: Conditioning,
+        negative_conditioning: Conditioning | None = None,
+        guidance_scale: float = 1.0,
+        autocast=None,
+    ) -> torch.Tensor:
+        r"""
+        The deterministic step of `model` (DDIM with eta 0, the flow ODE's Euler step) from the state of step `index`
+        of the schedule last set by `set_timesteps` to the state of step `next_index`, skipping the steps between:
+        `next_index = index + 1` is the ordinary deterministic step, `next_index = T` (the number of steps) goes to
+        the end of the schedule. Required for `rollout(tail_steps=...)` only.
+
+        Args:
+            latents (`torch.Tensor`): (B, C, h, w) the state at step `index`.
+            index (`int`), next_index (`int`): `0 <= index < next_index <= T`.
+            conditioning, negative_conditioning, guidance_scale, autocast: as for `step_distribution`.
+
+        Returns:
+            `torch.Tensor`: (B, C, h, w) float32, the state at step `next_index`.
+        """
+        raise _required(self, "deterministic_step")
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Float32 images (B, 3, H, W) in [0, 1] (required)."""
         raise _required(self, "decode_latents")
@@ -273,6 +312,7 @@ class DDPOStableDiffusionPipeline:
         stochastic_steps: tuple[int, int] | None = None,
         prefix_rows=None,
         model: torch.nn.Module | None = None,
+        tail_steps: int | None = None,
     ) -> RolloutOutput:
         """Sample trajectories with the step distribution at every step (classifier-free guidance when
         `guidance_scale > 1`).
@@ -297,6 +337,10 @@ class DDPOStableDiffusionPipeline:
                 once per id and shared: the same arithmetic as per row, on fewer rows (bit-identical for a model
                 whose rows do not depend on their batch; CPU kernels round batch-size-dependently, ~1e-6).
             model (`torch.nn.Module`, *optional*): the denoiser to roll out (default: `self.model`).
+            tail_steps (`int`, *optional*): with `stochastic_steps`, the deterministic steps after the window are
+                taken as this many larger steps (`deterministic_step` between evenly spaced steps of the rest of the
+                schedule, the last one to its end): fewer model evaluations for the images the reward scores. None,
+                or at least as many as remain, keeps every step.
         """
         from tqdm.auto import tqdm
 
@@ -326,13 +370,15 @@ class DDPOStableDiffusionPipeline:
         if not 0 <= start < stop <= len(timesteps):
             raise ValueError(f"stochastic_steps={stochastic_steps} must be (start, stop) with 0 <= start < stop <= "
                              f"{len(timesteps)} (the number of steps)")
+        tail = tail_schedule(stop, len(timesteps), tail_steps)
         first = 0
         if prefix_rows is not None and start > 0:
             latents = self._shared_prefix(model, latents, timesteps[:start], conditioning, negative, guidance_scale,
                                           prefix_rows, autocast)
             first = start
         all_latents, all_log_probs = [], []
-        for i in tqdm(range(first, len(timesteps)), desc="Sampling", leave=False, disable=not show_progress):
+        last = len(timesteps) if tail is None else stop
+        for i in tqdm(range(first, last), desc="Sampling", leave=False, disable=not show_progress):
             if i == start:
                 all_latents.append(latents)
             step = self.step_distribution(
@@ -343,6 +389,8 @@ class DDPOStableDiffusionPipeline:
             if start <= i < stop:
                 all_latents.append(latents)
                 all_log_probs.append(step.log_probs)
+        for i, j in zip(tail or [], (tail or [])[1:] + [len(timesteps)]):
+            latents = self.deterministic_step(model, latents, i, j, conditioning, negative, guidance_scale, autocast)
         images = self.decode_latents(latents) if decode else None
         return RolloutOutput(
             images=images,

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..schedulers.flow_sde import FLOW_GRPO_NOISE_LEVEL, flow_sde_step_std, flow_sde_step_with_logprob
+from ..schedulers.flow_sde import FLOW_GRPO_NOISE_LEVEL, flow_ode_jump, flow_sde_step_std, flow_sde_step_with_logprob
 from . import lora as _lora
 from .base import DDPOPipelineOutput, DDPOStableDiffusionPipeline, RolloutOutput, StepDistribution
 from .conditioning import Conditioning
@@ -256,23 +256,37 @@ class FlowMatchingAdapter(KeepsBaseWeights, DDPOStableDiffusionPipeline):
         """The flow SDE step of `model` at `latents` with its log-probability (see the interface's
         [`~DDPOStableDiffusionPipeline.step_distribution`]); `eta` is the SDE noise level (default `noise_level`),
         classifier-free guidance is `uncond + scale * (cond - uncond)` on the velocity, as the stock pipeline."""
-        self._check_guidance_scale(guidance_scale)
-        cfg = negative_conditioning is not None and guidance_scale > 1.0
-        with (autocast or contextlib.nullcontext)():
-            if cfg:
-                uncond, cond = self.predict_branches(model, latents, timesteps, conditioning, negative_conditioning)
-                velocity = uncond + guidance_scale * (cond - uncond)
-            else:
-                velocity = self.predict(model, latents, timesteps, conditioning)
+        velocity, uncond, cond = self._guided_velocity(model, latents, timesteps, conditioning, negative_conditioning,
+                                                       guidance_scale, autocast)
         out = self.scheduler_step(velocity, timesteps, latents, eta=eta, prev_sample=next_latents, generator=generator)
         parts = None
-        if branches and cfg:
+        if branches and uncond is not None:
             parts = tuple(
                 StepDistribution.from_scheduler_output(
                     self.scheduler_step(branch, timesteps, latents, eta=eta, prev_sample=out.latents))
                 for branch in (uncond, cond)
             )
         return StepDistribution.from_scheduler_output(out, parts)
+
+    def _guided_velocity(self, model, latents, timesteps, conditioning, negative_conditioning, guidance_scale,
+                         autocast):
+        """`(velocity, uncond, cond)`: the velocity at `latents`, with classifier-free guidance when given the negative
+        conditioning and a scale > 1 (then also its two branches; otherwise those are None)."""
+        self._check_guidance_scale(guidance_scale)
+        cfg = negative_conditioning is not None and guidance_scale > 1.0
+        with (autocast or contextlib.nullcontext)():
+            if not cfg:
+                return self.predict(model, latents, timesteps, conditioning), None, None
+            uncond, cond = self.predict_branches(model, latents, timesteps, conditioning, negative_conditioning)
+            return uncond + guidance_scale * (cond - uncond), uncond, cond
+
+    def deterministic_step(self, model, latents, index, next_index, conditioning, negative_conditioning=None,
+                           guidance_scale: float = 1.0, autocast=None) -> torch.Tensor:
+        """The flow ODE's Euler step from the sigma of step `index` to that of step `next_index` (sigma 0 at the end;
+        see the interface's [`~DDPOStableDiffusionPipeline.deterministic_step`])."""
+        velocity, _, _ = self._guided_velocity(model, latents, self.scheduler.timesteps[index], conditioning,
+                                               negative_conditioning, guidance_scale, autocast)
+        return flow_ode_jump(self.scheduler, velocity, latents, index, next_index)
 
     def _call_prompts(self, prompt, num_images_per_prompt: int, ignored: dict) -> list[str]:
         """The prompts of a `__call__`, each repeated `num_images_per_prompt` times (`ignored` arguments logged)."""

@@ -353,17 +353,11 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
         """The DDIM step of `model` at `latents` with its log-probability (see the interface's
         [`~DDPOStableDiffusionPipeline.step_distribution`]); `conditioning` holds what `unet_output` reads
         (`prompt_embeds`)."""
-        cfg = negative_conditioning is not None and guidance_scale > 1.0
-        with (autocast or contextlib.nullcontext)():
-            model_in = self.scheduler.scale_model_input(latents, timesteps)
-            if cfg:
-                uncond, cond = self.predict_branches(model, model_in, timesteps, conditioning, negative_conditioning)
-                pred = uncond + guidance_scale * (cond - uncond)
-            else:
-                pred = self.predict(model, model_in, timesteps, conditioning, None, 1.0, cfg=False)
+        pred, uncond, cond = self._guided_prediction(model, latents, timesteps, conditioning, negative_conditioning,
+                                                     guidance_scale, autocast)
         out = self.scheduler_step(pred, timesteps, latents, eta=eta, prev_sample=next_latents, generator=generator)
         parts = None
-        if branches and cfg:
+        if branches and uncond is not None:
             parts = tuple(
                 StepDistribution.from_scheduler_output(
                     self.scheduler_step(branch, timesteps, latents, eta=eta, prev_sample=out.latents)
@@ -371,6 +365,36 @@ class DefaultDDPOStableDiffusionPipeline(KeepsBaseWeights, DDPOStableDiffusionPi
                 for branch in (uncond, cond)
             )
         return StepDistribution.from_scheduler_output(out, parts)
+
+    def _guided_prediction(self, model, latents, timesteps, conditioning, negative_conditioning, guidance_scale,
+                           autocast):
+        """`(pred, uncond, cond)`: the UNet's prediction at `latents`, with classifier-free guidance when given the
+        negative conditioning and a scale > 1 (then also its two branches; otherwise those are None)."""
+        cfg = negative_conditioning is not None and guidance_scale > 1.0
+        with (autocast or contextlib.nullcontext)():
+            model_in = self.scheduler.scale_model_input(latents, timesteps)
+            if not cfg:
+                return self.predict(model, model_in, timesteps, conditioning, None, 1.0, cfg=False), None, None
+            uncond, cond = self.predict_branches(model, model_in, timesteps, conditioning, negative_conditioning)
+            return uncond + guidance_scale * (cond - uncond), uncond, cond
+
+    def deterministic_step(self, model, latents, index, next_index, conditioning, negative_conditioning=None,
+                           guidance_scale: float = 1.0, autocast=None) -> torch.Tensor:
+        """DDIM's deterministic update (eq. 12 with eta 0, arXiv 2010.02502) from the timestep of step `index` to that
+        of step `next_index` (see the interface's [`~DDPOStableDiffusionPipeline.deterministic_step`]); the end of the
+        schedule is where its last step goes, one schedule step below the last timestep (`final_alpha_cumprod`)."""
+        timesteps = self.scheduler.timesteps
+        if not 0 <= index < next_index <= len(timesteps):
+            raise ValueError(f"deterministic_step needs 0 <= index < next_index <= {len(timesteps)} (the number of "
+                             f"steps), got index={index}, next_index={next_index}")
+        t = timesteps[index]
+        if next_index < len(timesteps):
+            prev = timesteps[next_index]
+        else:
+            prev = timesteps[-1] - self.scheduler.config.num_train_timesteps // self.scheduler.num_inference_steps
+        pred, _, _ = self._guided_prediction(model, latents, t, conditioning, negative_conditioning, guidance_scale,
+                                             autocast)
+        return ddim_step_with_logprob(self.scheduler, pred, t, latents, eta=0.0, prev_timestep=prev).latents
 
     def __call__(
         self,

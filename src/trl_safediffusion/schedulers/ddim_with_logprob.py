@@ -76,6 +76,7 @@ def ddim_step_with_logprob(
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     noise: torch.Tensor | None = None,
+    prev_timestep: torch.Tensor | int | None = None,
 ) -> DDPOSchedulerOutput:
     """One DDIM step of `scheduler` (a diffusers `DDIMScheduler` after `set_timesteps`) with its log-probability.
 
@@ -94,6 +95,10 @@ def ddim_step_with_logprob(
         generator (`torch.Generator` or list of them, *optional*): noise source when sampling; a list gives one
             generator per sample so each sample's noise is independent of the batch it is in.
         noise (`torch.Tensor`, *optional*): explicit standard normal noise (B, C, h, w) for sampling.
+        prev_timestep (`torch.Tensor` or `int`, *optional*): the timestep to step to, a scalar or one per sample
+            (B,), below `timestep`; a negative value is the end of the schedule (`final_alpha_cumprod`). Default: one
+            step of the schedule, `timestep - num_train_timesteps // num_inference_steps`. DDIM's update holds between
+            any two timesteps (eq. 12), so a larger jump skips the steps between (a coarser deterministic tail).
     """
     if eta < 0 or (eta == 0 and prev_sample is not None):
         raise ValueError(f"eta must be > 0 for a log-probability, got {eta} (eta = 0 only samples the deterministic "
@@ -113,8 +118,14 @@ def ddim_step_with_logprob(
     if timestep.numel() == 1:
         timestep = timestep.expand(batch)
 
-    step = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    prev_timestep = timestep - step
+    if prev_timestep is None:
+        prev_timestep = timestep - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    else:
+        prev_timestep = torch.as_tensor(prev_timestep).to(device=device, dtype=torch.long).reshape(-1)
+        prev_timestep = prev_timestep.expand(batch) if prev_timestep.numel() == 1 else prev_timestep
+        if bool((prev_timestep >= timestep).any()):
+            raise ValueError(f"prev_timestep {prev_timestep.tolist()[:3]} must be below timestep "
+                             f"{timestep.tolist()[:3]} (DDIM steps go from noise to data)")
     alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     final = torch.as_tensor(scheduler.final_alpha_cumprod, dtype=torch.float32, device=device)
     alpha_prod_t = _expand(alphas_cumprod.gather(0, timestep.clamp(min=0)), sample.ndim)

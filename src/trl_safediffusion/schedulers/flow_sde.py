@@ -170,3 +170,16 @@ def flow_sde_step_with_logprob(
         latents=prev_sample, log_probs=log_probs, prev_sample_mean=prev_mean, std_dev_t=std,
         pred_original_sample=pred_x0,
     )
+
+
+def flow_ode_jump(scheduler, model_output: torch.Tensor, sample: torch.Tensor, index: int, next_index: int) -> torch.Tensor:
+    """The Euler step of the flow ODE, x + (sigma_next - sigma) v, from the sigma of step `index` of `scheduler`'s
+    schedule to that of step `next_index` (`index < next_index <= T`; `scheduler.sigmas[T]` is the terminal 0),
+    skipping the steps between; float32. With `next_index = index + 1` it is the scheduler's own Euler step."""
+    _check_scheduler(scheduler)
+    steps = len(scheduler.timesteps)
+    if not 0 <= index < next_index <= steps:
+        raise ValueError(f"flow_ode_jump needs 0 <= index < next_index <= {steps} (the number of steps), got "
+                         f"index={index}, next_index={next_index}")
+    sigmas = scheduler.sigmas.to(device=sample.device, dtype=torch.float32)
+    return sample.float() + (sigmas[next_index] - sigmas[index]) * model_output.float()
