@@ -224,6 +224,10 @@ def main(argv=None):
     p.add_argument("--max-epochs", type=int, default=0, help="stop every recipe after this many epochs (0: its "
                    "num_epochs); for a quick check")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--reuse", metavar="FILE", help="take the recipes of an earlier result file that this run does not "
+                   "train (e.g. the reference default and paper runs) into this result, after checking that its "
+                   "evaluation and pretrained figures equal this run's (the same seeds); each recipe trains alone, so "
+                   "a recipe's figures do not depend on which others share its run")
     p.add_argument("--out", default=os.path.join(HERE, "results", "time_to_target.json"))
     p.add_argument("--resummarise", metavar="FILE", help="recompute the top-level figures of an existing result file "
                    "from its evaluations, rewrite it and print them (no training)")
@@ -278,11 +282,15 @@ def main(argv=None):
         log.write(line + "\n")
         log.flush()
 
+    reused = load_reused(args.reuse, names, before, first) if args.reuse else {}
     emit(f"pretrained model evaluated ({args.eval_images} images per split, {time.time() - start:.0f} s)")
     logdir = tempfile.mkdtemp(prefix="time-to-target-")
     runs = [build_run(n, settings[n], reward, logdir) for n in names]
     for run in runs:
         run.policy.set_progress_bar_config(disable=True)
+
+    for name, recipe in reused.items():
+        emit(f"{name}: reused from {args.reuse} ({len(recipe['evaluations'])} evaluations)")
 
     def cap_reached(run: Run) -> bool:
         fast = next((r for r in runs if r.name == "fast"), None)
@@ -290,7 +298,7 @@ def main(argv=None):
                 and run.counter.forward_equivalents >= args.paper_cap * fast.reached["forward_equivalents"])
 
     def write(complete: bool) -> dict:
-        return build_result(args, argv, first, before, runs, start, complete)
+        return build_result(args, argv, first, before, runs, start, complete, reused)
 
     while not all(r.done for r in runs):
         for run in runs:
@@ -322,7 +330,35 @@ def main(argv=None):
     return result
 
 
-def build_result(args, argv, first, before, runs, start: float, complete: bool) -> dict:
+def load_reused(path: str, names: list[str], before: dict, settings) -> dict:
+    """The recipes of the result file `path` that this run does not train, checked to come from the same evaluation:
+    the same images per split, steps and guidance, and the same pretrained figures (the same seeds)."""
+    with open(path) as f:
+        earlier = json.load(f)
+    evaluation = earlier.get("evaluation", {})
+    ours = {"images_per_split": settings.eval_images, "steps": settings.eval_steps,
+            "guidance_scale": settings.guidance_scale}
+    differs = [k for k, v in ours.items() if evaluation.get(k) != v]
+    if differs:
+        raise SystemExit(f"--reuse {path}: its evaluation differs from this run's in {', '.join(differs)}; use the "
+                         "same --eval-images (and recipes' eval_steps and guidance_scale) or rerun its recipes")
+    if _rounded(earlier.get("before")) != _rounded(before):
+        raise SystemExit(f"--reuse {path}: its pretrained model's figures differ from this run's evaluation (other "
+                         "seeds or another pretrained model); rerun its recipes")
+    return {name: {**recipe, "reused_from": os.path.relpath(os.path.abspath(path), REPO)}
+            for name, recipe in earlier["recipes"].items() if name not in names}
+
+
+def _rounded(value):
+    """`value` with its floats rounded to 6 digits (figures written to json and read back compare equal)."""
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def build_result(args, argv, first, before, runs, start: float, complete: bool, reused: dict | None = None) -> dict:
     result = {
         "command": " ".join([os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -346,6 +382,7 @@ def build_result(args, argv, first, before, runs, start: float, complete: bool) 
             "forward_equivalents_per_epoch": run.counter.forward_equivalents / max(run.epoch, 1),
             "evaluations": run.evaluations,
         }
+    result["recipes"].update(reused or {})
     summarise(result)
     result["total_seconds"] = round(time.time() - start, 1)
     result["complete"] = complete

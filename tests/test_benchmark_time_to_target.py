@@ -89,3 +89,20 @@ def test_tiny_run_writes_the_json_and_its_log(tmp_path):
     assert lines[0].startswith("pretrained model evaluated (8 images per split")
     assert any(line.startswith("fast     epoch   1") for line in lines)
     assert lines[-1].startswith("wrote ")
+    # --reuse: a second run trains only the fast recipe and takes the default's evaluations from the first file; a
+    # recipe trains alone, so the fast recipe's figures are those of the shared run
+    again = tmp_path / "again.json"
+    ttt.main(["--recipes", "fast", "--recipe", f"fast={recipe}", "--reuse", str(out), "--max-epochs", "1",
+              "--every", "1", "--eval-images", "8", "--threads", "1", "--out", str(again)])
+    second = json.loads(again.read_text())
+    assert set(second["recipes"]) == {"fast", "default"}
+    assert second["recipes"]["default"]["reused_from"] == os.path.relpath(str(out), REPO)
+    assert second["recipes"]["default"]["evaluations"] == result["recipes"]["default"]["evaluations"]
+    assert "reused_from" not in second["recipes"]["fast"]
+    first_eval, second_eval = fast["evaluations"][0], second["recipes"]["fast"]["evaluations"][0]
+    assert second_eval["forward_equivalents"] == first_eval["forward_equivalents"]
+    assert second_eval["summary"] == first_eval["summary"]
+    # another evaluation size cannot be compared with the file's
+    with pytest.raises(SystemExit, match="--reuse .* images_per_split"):
+        ttt.main(["--recipes", "fast", "--recipe", f"fast={recipe}", "--reuse", str(out), "--max-epochs", "1",
+                  "--every", "1", "--eval-images", "4", "--threads", "1", "--out", str(tmp_path / "x.json")])
