@@ -94,11 +94,13 @@ def test_fused_lora_save_loads_with_from_pretrained(tmp_path):
 def test_conditioning_and_resolution():
     pipe = _pipe(use_lora=True)
     cond = pipe.encode_conditioning(["a cat", "a dog", "a cat"])
-    assert cond["prompt_embeds"].shape == (3, 77 + SEQ, 64) and cond["pooled_prompt_embeds"].shape == (3, 64)
+    # without T5 the SEQ zero tokens are one token (collapse_zero_t5_tokens)
+    assert cond["prompt_embeds"].shape == (3, 77 + 1, 64) and cond["pooled_prompt_embeds"].shape == (3, 64)
     assert torch.equal(cond["prompt_embeds"][0], cond["prompt_embeds"][2])
     embeds, _, pooled, _ = pipe.sd_pipeline.encode_prompt("a dog", None, None, device="cpu",
                                                           max_sequence_length=SEQ, do_classifier_free_guidance=False)
-    torch.testing.assert_close(cond["prompt_embeds"][1:2], embeds)
+    torch.testing.assert_close(cond["prompt_embeds"][1:2], embeds[:, : 77 + 1])
+    assert embeds.shape[1] == 77 + SEQ and embeds[:, 77:].abs().max() == 0  # the one token stands for SEQ zeros
     torch.testing.assert_close(cond["pooled_prompt_embeds"][1:2], pooled)
     assert pipe.latent_shape() == (4, 8, 8)  # native: sample_size 8 * vae factor 2 = 16 px
     assert _pipe(sample_height=32, sample_width=12).latent_shape() == (4, 16, 6)
@@ -137,3 +139,39 @@ def test_bad_inputs_name_the_argument():
 def test_bf16_checkpoint_resume(tmp_path, use_lora):
     trainer = check_bf16_checkpoint_resume(_pipe, lambda **kw: _config(tmp_path, **kw), use_lora)
     trainer.save_pretrained(str(tmp_path / "saved"))
+
+
+def test_zero_t5_tokens_run_as_one_token_with_the_same_velocities():
+    """Without T5 the stock pipeline appends max_sequence_length zero tokens; the adapter keeps one with a log(n)
+    attention bias inside its own model calls: the stock transformer's velocities on the full sequence, and the
+    transformer's processors are its own again afterwards."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    seq = 64
+    full = DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(), use_lora=False, max_sequence_length=seq,
+                                               collapse_zero_t5_tokens=False)
+    collapsed = DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(), use_lora=False, max_sequence_length=seq)
+    assert collapsed.collapse_zero_t5_tokens and not full.collapse_zero_t5_tokens
+    prompts = ["a red square", "two blue circles", ""]
+    wide, narrow = full.encode_conditioning(prompts), collapsed.encode_conditioning(prompts)
+    assert wide["prompt_embeds"].shape[1] == narrow["prompt_embeds"].shape[1] + seq - 1
+    torch.testing.assert_close(narrow["prompt_embeds"], wide["prompt_embeds"][:, : narrow["prompt_embeds"].shape[1]])
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in collapsed.transformer.parameters():  # away from the zero-initialised output layers
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    x = torch.randn(3, *collapsed.latent_shape(), generator=gen)
+    t = torch.tensor([20.0, 500.0, 980.0])
+    with torch.no_grad():
+        ours = collapsed.predict(collapsed.transformer, x, t, narrow)
+        stock = _velocity(collapsed.transformer, x, t, wide["prompt_embeds"], wide["pooled_prompt_embeds"])
+        one_token = _velocity(collapsed.transformer, x, t, narrow["prompt_embeds"], narrow["pooled_prompt_embeds"])
+    assert stock.abs().mean() > 0.1
+    torch.testing.assert_close(ours, stock, atol=1e-5, rtol=1e-4)
+    assert (one_token - stock).abs().max() > 1e-3  # without the log(n) bias the one token is not the n zeros
+    assert all(isinstance(p, JointAttnProcessor2_0) for p in collapsed.transformer.attn_processors.values())
+    # with T5 there are no zero tokens: nothing is collapsed
+    assert not DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(with_t5=True), max_sequence_length=SEQ) \
+        .collapse_zero_t5_tokens
+    with pytest.raises(ValueError, match="collapse_zero_t5_tokens"):
+        DefaultDDPOStableDiffusion3Pipeline(tiny_sd3_pipeline(), collapse_zero_t5_tokens="yes")

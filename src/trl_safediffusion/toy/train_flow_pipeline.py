@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..pipelines.stable_diffusion_3 import RepeatedTokenJointAttnProcessor
 from .train_pipeline import _ema_update, _lr_at, training_batch, write_slow_tokenizer_files
 
 logger = logging.getLogger(__name__)
@@ -135,49 +136,6 @@ def encode_clip_prompts(components: dict, prompts: list[str]) -> tuple[torch.Ten
         hidden.append(out.hidden_states[-2])  # (B, L, 32)
         pooled.append(out.text_embeds)  # (B, 32)
     return torch.cat(hidden, dim=-1), torch.cat(pooled, dim=-1)
-
-
-class RepeatedTokenJointAttnProcessor:
-    r"""
-    SD3 joint attention in which the last context token stands for `repeats` identical tokens: its attention logit is
-    raised by `log(repeats)` for every query. With the last token equal to the zero T5 token of the pipeline, the
-    outputs for the image tokens equal those of the stock processor on the full sequence. Training only.
-
-    Args:
-        repeats (`int`): how many identical tokens the last context token stands for.
-    """
-
-    def __init__(self, repeats: int):
-        if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
-        self.repeats = repeats
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        if encoder_hidden_states is None:
-            raise ValueError("RepeatedTokenJointAttnProcessor needs context tokens (joint attention)")
-        batch, n_image = hidden_states.shape[:2]
-
-        def heads(x):
-            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)  # (B, H, L, d)
-
-        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
-        cq = heads(attn.add_q_proj(encoder_hidden_states))
-        ck = heads(attn.add_k_proj(encoder_hidden_states))
-        cv = heads(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_q is not None:
-            q, k = attn.norm_q(q), attn.norm_k(k)
-        if attn.norm_added_q is not None:
-            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
-        q, k, v = torch.cat([q, cq], dim=2), torch.cat([k, ck], dim=2), torch.cat([v, cv], dim=2)
-        bias = torch.zeros(1, k.shape[2], dtype=q.dtype, device=q.device)  # (1, L) added to every query's logits
-        bias[:, -1] = math.log(self.repeats)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * q.shape[-1]).to(q.dtype)
-        image, context = out[:, :n_image], out[:, n_image:]
-        if not attn.context_pre_only:
-            context = attn.to_add_out(context)
-        image = attn.to_out[1](attn.to_out[0](image))
-        return image, context
 
 
 def flow_training_pair(latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor):
