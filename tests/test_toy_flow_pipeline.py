@@ -220,3 +220,20 @@ def test_shipped_flow_pipeline_loads_and_samples():
                generator=torch.Generator().manual_seed(0), output_type="pt")
     assert out.images.shape == (2, 3, 32, 32) and torch.isfinite(out.images).all()
     assert not torch.allclose(out.images[0], out.images[1])
+
+
+def test_toy_sampler_runs_the_zero_t5_tokens_as_one_and_gives_the_stock_images():
+    """sample_toy_images (the demo's and the evaluation's sampler) calls a StableDiffusion3Pipeline without T5 with
+    one zero token and a log(256) attention bias: the stock call's images, and the stock processors afterwards."""
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    from trl_safediffusion.toy.sampling import noise_seed, sample_toy_images
+
+    pipe = toy_pipeline.load_toy_flow_pipeline()
+    prompts = ["two red circles", "a blue square", "three green triangles", ""]
+    ours = sample_toy_images(pipe, prompts, num_inference_steps=6, guidance_scale=5.0, seed=3)
+    gens = [torch.Generator().manual_seed(noise_seed(3, i)) for i in range(len(prompts))]
+    stock = pipe(prompts, num_inference_steps=6, guidance_scale=5.0, generator=gens, output_type="pt").images
+    assert stock.std() > 0.1
+    torch.testing.assert_close(ours, stock, atol=1e-4, rtol=0)
+    assert all(isinstance(p, JointAttnProcessor2_0) for p in pipe.transformer.attn_processors.values())
