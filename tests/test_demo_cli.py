@@ -160,3 +160,46 @@ def test_demo_errors_name_the_flag_as_typed(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--eval-image", "8"])
     assert "unknown option --eval-image; did you mean --eval-images" in capsys.readouterr().err
+
+
+def test_short_cli_demo_on_the_flow_model_writes_a_stock_sd3_pipeline(tmp_path, capsys):
+    """`demo --model toy-flow`: the flow-matching toy world's defaults, the same artefacts, and the trained transformer
+    saved as a StableDiffusion3Pipeline folder that stock diffusers loads without T5."""
+    import json
+
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    out = tmp_path / "flow-demo"
+    # 6 sampling steps: the flow recipe's stochastic window of 5, then its tail
+    assert cli.main(["demo", "--model", "toy-flow", "--output_dir", str(out), "--device", "cpu", *TINY,
+                     "--sample_num_steps", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "SafeDiffusion-R1 toy-flow demo (" in printed
+    for name in ("metrics.json", "before_after.png", "reward_curve.png", "alpha_sweep.png", "model/model_index.json",
+                 "model/README.md"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["model"] == "toy-flow" and saved["config"]["sample_eta"] == 0.7
+    assert saved["config"]["sample_sde_window"] == "fixed" and saved["settings"]["trainable_modules"] == "attn"
+    assert saved["before"]["eval_red"]["n"] == 4 and 0.0 <= saved["after"]["eval_red"]["unsafe_rate"] <= 1.0
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(out / "model"), text_encoder_3=None, tokenizer_3=None)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(["two red circles"], num_inference_steps=3, guidance_scale=5.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_flow_demo_defaults_recipe_file_and_bad_model(capsys):
+    from trl_safediffusion.toy.demo import FLOW_DEMO_DEFAULTS, FLOW_OUTPUT_DIR
+
+    run, demo_args, config = build_parser(model="toy-flow").parse_args_and_config([])
+    assert run.output_dir == FLOW_OUTPUT_DIR == "outputs/toy-flow-demo"
+    assert config.sample_eta == FLOW_DEMO_DEFAULTS["sample_eta"] and demo_args.trainable_modules == "attn"
+    recipe = os.path.join(REPO, "examples", "recipes", "toy_flow_demo.yaml")
+    from_file = build_parser().parse_args_and_config(["--config", recipe])
+    assert from_file[1:] == (demo_args, config) and from_file[0].model == "toy-flow"
+    assert from_file[0].output_dir == FLOW_OUTPUT_DIR
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--model", "toy-unet"])
+    assert "--model toy-unet: choose one of toy, toy-flow" in capsys.readouterr().err

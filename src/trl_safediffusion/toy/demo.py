@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("eval_benign", "eval_red", "eval_crimson", "eval_scarlet")
 DEFAULT_OUTPUT_DIR = "outputs/toy-demo"
+FLOW_OUTPUT_DIR = "outputs/toy-flow-demo"
+MODELS = ("toy", "toy-flow")  # the toy Stable Diffusion UNet world, the toy flow-matching (SD3) one
 
 # The demo's training recipe: `SafeDDPOGRPOConfig` fields (examples/recipes/toy_demo.yaml holds the same values).
 # `logdir` is `<output_dir>/runs`.
@@ -74,6 +76,22 @@ DEMO_CONFIG = {
     "exp_name": "toy-demo",
 }
 
+# `--model toy-flow`: the flow-matching toy world's defaults over DEMO_CONFIG and DemoArguments (config fields, demo
+# arguments and its output folder; examples/recipes/toy_flow_demo.yaml holds the same values). The UNet world's recipe
+# with what the flow model needs: the flow SDE's noise level a 0.7 (Flow-GRPO's), the joint attention layers trained
+# (an MMDiT has no separate cross-attention), the stochastic window of the efficiency recipes.
+FLOW_DEMO_DEFAULTS = {
+    "sample_eta": 0.7,
+    "sample_sde_window": "fixed",
+    "sample_sde_window_start": 0,
+    "sample_sde_window_size": 5,
+    "sample_tail_steps": 2,
+    "train_timestep_window": 1.0,
+    "exp_name": "toy-flow-demo",
+    "trainable_modules": "attn",
+    "output_dir": FLOW_OUTPUT_DIR,
+}
+
 # Earlier names of config fields, still accepted as flags (`--epochs`), `DemoSettings` keywords and attributes, and
 # written as the metrics.json "settings" keys.
 LEGACY_NAMES = {
@@ -92,6 +110,11 @@ LEGACY_NAMES = {
 class DemoRunArguments:
     """Where the demo writes and what it loads."""
 
+    model: str = field(
+        default="toy",
+        metadata={"help": "The toy model to make safe: 'toy' (the toy Stable Diffusion pipeline, a UNet) or "
+                  "'toy-flow' (the toy flow-matching StableDiffusion3Pipeline, a transformer; its own defaults, "
+                  "examples/recipes/toy_flow_demo.yaml, and output folder outputs/toy-flow-demo)."})
     output_dir: str = field(default=DEFAULT_OUTPUT_DIR,
                             metadata={"help": "Folder of metrics.json, the figures and the trained pipeline."})
     pipeline_path: str | None = field(
@@ -347,6 +370,27 @@ def trainer_config(settings: DemoSettings, output_dir: str) -> SafeDDPOGRPOConfi
     return dataclasses.replace(settings.config, logdir=os.path.join(output_dir, "runs"))
 
 
+def _toy_model(model: str):
+    """`(load the pretrained pipeline, the trainer's adapter class, load a saved folder with stock diffusers)` of the
+    toy model `model`."""
+    if model == "toy-flow":
+        from diffusers import StableDiffusion3Pipeline
+
+        from ..pipelines import DefaultDDPOStableDiffusion3Pipeline
+        from .pipeline import load_toy_flow_pipeline
+
+        def load_saved(folder):  # a folder without T5: diffusers asks for the two None components
+            return StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)
+
+        return load_toy_flow_pipeline, DefaultDDPOStableDiffusion3Pipeline, load_saved
+    from diffusers import StableDiffusionPipeline
+
+    from ..pipelines import DefaultDDPOStableDiffusionPipeline
+    from .pipeline import load_toy_pipeline
+
+    return load_toy_pipeline, DefaultDDPOStableDiffusionPipeline, StableDiffusionPipeline.from_pretrained
+
+
 def run_demo(
     output_dir: str = DEFAULT_OUTPUT_DIR,
     settings: DemoSettings | None = None,
@@ -354,18 +398,22 @@ def run_demo(
     pipeline_path: str | None = None,
     clip_folder: str | None = None,
     progress: bool | None = None,
+    model: str = "toy",
 ) -> dict:
     """Run the toy SafeDiffusion-R1 demo and write its artefacts to `output_dir`. Returns the metrics dict.
 
+    `model` is `"toy"` (the toy Stable Diffusion pipeline) or `"toy-flow"` (the toy flow-matching
+    `StableDiffusion3Pipeline`; `settings` should then hold its recipe, [`FLOW_DEMO_DEFAULTS`]).
     `pipeline_path` / `clip_folder` replace the shipped toy pipeline / toy CLIP (e.g. ones you retrained).
     `progress` shows progress bars on the evaluations before and after training (`None`: only on a terminal)."""
     from ..data import mix_prompts
     from ..grpo_trainer import SafeDDPOGRPOTrainer
-    from ..pipelines import DefaultDDPOStableDiffusionPipeline
     from .clip import toy_steering_reward
-    from .pipeline import load_toy_pipeline
     from .world import prompt_sets
 
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    load_toy_pipeline, adapter_class, load_saved = _toy_model(model)
     settings = settings or DemoSettings()
     # the trainer config first: a bad setting fails here, not after the minutes of the first evaluation
     config = trainer_config(settings, output_dir)
@@ -388,7 +436,7 @@ def run_demo(
     train_dataset = mix_prompts(red, benign, unsafe_ratio=settings.unsafe_ratio, num_prompts=2 * len(benign),
                                 seed=config.seed)
     lora_targets = [m.strip() for m in settings.lora_target_modules.split(",") if m.strip()] or None
-    policy = DefaultDDPOStableDiffusionPipeline(
+    policy = adapter_class(
         load_toy_pipeline(device=device, path=pipeline_path), use_lora=settings.use_lora,
         lora_rank=settings.lora_rank, lora_alpha=settings.lora_alpha, lora_target_modules=lora_targets,
         trainable_modules=settings.trainable_modules,
@@ -416,9 +464,7 @@ def run_demo(
 
     model_dir = os.path.join(output_dir, "model")
     trainer.save_pretrained(model_dir, fuse_lora=True)
-    from diffusers import StableDiffusionPipeline
-
-    trained = StableDiffusionPipeline.from_pretrained(model_dir).to(device)
+    trained = load_saved(model_dir).to(device)  # with stock diffusers, as a user loads it
     trained.set_progress_bar_config(disable=True)
     logger.info("evaluating the trained pipeline")
     after_metrics, after_images = _evaluate(trained, settings, reward, desc="evaluating the trained model",
@@ -433,6 +479,7 @@ def run_demo(
         "after": after_metrics,
         "summary": summary,
         "targets_met": targets,
+        "model": model,
         "settings": settings.to_dict(),
         "config": config.to_dict(),
         "reward": reward.describe() if hasattr(reward, "describe") else {"alpha": settings.alpha},
@@ -452,14 +499,15 @@ def run_demo(
     return result
 
 
-def build_parser(prog: str | None = None) -> SafeDiffusionParser:
+def build_parser(prog: str | None = None, model: str = "toy") -> SafeDiffusionParser:
     """The command line of the demo, shared by `examples/toy_demo.py` (`make demo`) and `trl-safediffusion demo`.
 
     The fields of [`DemoRunArguments`], [`DemoArguments`] and `SafeDDPOGRPOConfig` (with the demo's values,
     [`DEMO_CONFIG`], as defaults; `output_dir` and `logdir` are the demo's), read as `trl-safediffusion train` reads its
     own: `--config FILE.yaml` (e.g. examples/recipes/toy_demo.yaml), `--field value` with underscores or dashes
     (`--output-dir` / `--output_dir`), `--no_field` for booleans, and the earlier names of [`LEGACY_NAMES`]
-    (`--epochs`).
+    (`--epochs`). With `model="toy-flow"` the defaults are the flow-matching world's ([`FLOW_DEMO_DEFAULTS`] over the
+    demo's).
     """
     parser = SafeDiffusionParser(
         [DemoRunArguments, DemoArguments, SafeDDPOGRPOConfig],
@@ -473,12 +521,15 @@ def build_parser(prog: str | None = None) -> SafeDiffusionParser:
         "evaluate it before and after with exact detectors, and print the before/after summary.",
     )
     parser.set_defaults_with_config(**DEMO_CONFIG)
+    if model == "toy-flow":
+        parser.set_defaults_with_config(**FLOW_DEMO_DEFAULTS)
     return parser
 
 
 def format_summary(result: dict, output_dir: str) -> str:
     """The before/after summary the demo prints: the metrics of [`summarize`] and which targets are met."""
-    lines = [f"SafeDiffusion-R1 toy demo ({result['total_seconds']:.0f} s; artefacts in {output_dir})"]
+    name = "toy demo" if result.get("model", "toy") == "toy" else f"{result['model']} demo"
+    lines = [f"SafeDiffusion-R1 {name} ({result['total_seconds']:.0f} s; artefacts in {output_dir})"]
     for key, (before, after) in result["summary"].items():
         lines.append(f"  {key:22s} before {before:6.1%}   after {after:6.1%}")
     for name, ok in result["targets_met"].items():
@@ -492,6 +543,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     Bad settings and an unusable `--output-dir` stop with a one-line usage error before anything runs."""
     parser = build_parser(prog)
     run, demo_args, config = parser.parse_args_and_config(argv)
+    if run.model not in MODELS:
+        parser.error(f"--model {run.model}: choose one of {', '.join(MODELS)}")
+    if run.model != "toy":  # the same command line over that model's defaults
+        parser = build_parser(prog, run.model)
+        run, demo_args, config = parser.parse_args_and_config(argv)
     settings = DemoSettings(config=config, **dataclasses.asdict(demo_args))
     try:
         trainer_config(settings, run.output_dir)
@@ -512,7 +568,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         for noisy in ("trl_safediffusion.ddpo_trainer", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     result = run_demo(run.output_dir, settings, device=run.device, pipeline_path=run.pipeline_path,
-                      clip_folder=run.clip_folder)
+                      clip_folder=run.clip_folder, model=run.model)
     print("\n" + format_summary(result, run.output_dir))
     return result
 
