@@ -79,8 +79,12 @@ DEMO_CONFIG = {
 # `--model toy-flow`: the flow-matching toy world's defaults over DEMO_CONFIG and DemoArguments (config fields, demo
 # arguments and its output folder; examples/recipes/toy_flow_demo.yaml holds the same values). The UNet world's recipe
 # with what the flow model needs: the flow SDE's noise level a 0.7 (Flow-GRPO's), the joint attention layers trained
-# (an MMDiT has no separate cross-attention), the stochastic window of the efficiency recipes.
+# (an MMDiT has no separate cross-attention), the stochastic window of the efficiency recipes, and a larger step held
+# by a stronger benign KL (lr 3.5e-4 left 54% red; 6e-4 at beta 0.3 lost 8 points of benign colour and all-correct;
+# docs/research/toy_world_trials.md).
 FLOW_DEMO_DEFAULTS = {
+    "train_learning_rate": 6e-4,
+    "beta": 1.0,
     "sample_eta": 0.7,
     "sample_sde_window": "fixed",
     "sample_sde_window_start": 0,
