@@ -32,7 +32,7 @@ from .ddpo_config import DDPOConfig
 from .hooks import NullTracker
 from .losses import approx_kl, clip_fraction, clipped_surrogate_loss
 from .memory import memory_budget_bytes, saved_activation_bytes, timesteps_per_forward_for_budget
-from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution
+from .pipelines.base import DDPOStableDiffusionPipeline, StepDistribution, check_tail_steps
 from .pipelines.conditioning import as_conditioning, num_samples, repeat_rows, to_device
 from .publishing import PublishingMixin, describe_reward
 from .reward_stats import RewardFunctionError, call_reward, reward_components, reward_log
@@ -106,10 +106,7 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         self.num_train_timesteps = self._num_train_timesteps()
         self.timesteps_per_forward = self.activation_bytes_per_timestep = None  # set by the first training step
         self._sde_window(0)  # a window outside the trainable steps fails here, before the first epoch
-        if config.sample_tail_steps and \
-                type(sd_pipeline).deterministic_step is DDPOStableDiffusionPipeline.deterministic_step:
-            raise ValueError(f"sample_tail_steps={config.sample_tail_steps} needs {type(sd_pipeline).__name__}."
-                             "deterministic_step() (see the model interface); implement it or set sample_tail_steps=0")
+        check_tail_steps(sd_pipeline, config.sample_tail_steps)  # before the first epoch, as the window
         self._setup_accelerator()
         self._setup_model()
         self.stat_tracker = PerPromptStatTracker(config.per_prompt_stat_tracking_buffer_size,
@@ -131,10 +128,8 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
         if not callable(reward_function):
             raise ValueError("reward_function must be callable: (images, prompts, prompt_metadata) -> (rewards, meta)")
         if not isinstance(sd_pipeline, DDPOStableDiffusionPipeline):
-            raise ValueError(
-                "sd_pipeline must be a DDPOStableDiffusionPipeline (e.g. DefaultDDPOStableDiffusionPipeline), got "
-                f"{type(sd_pipeline).__name__}"
-            )
+            raise ValueError("sd_pipeline must be a DDPOStableDiffusionPipeline (e.g. DefaultDDPOStableDiffusionPipeline),"
+                             f" got {type(sd_pipeline).__name__}")
         if image_samples_hook is not None and not callable(image_samples_hook):
             raise ValueError("image_samples_hook must be callable (prompt_image_data, global_step, tracker) or None")
 
@@ -303,11 +298,10 @@ class DDPOTrainer(TrackingMixin, CheckpointingMixin, PublishingMixin):
                 eta=self.config.sample_eta,
                 initial_latents=initial,
                 generators=generators,
-                autocast=self.accelerator.autocast,
+                autocast=self.accelerator.autocast, tail_steps=self.config.sample_tail_steps or None,
                 stochastic_steps=window,
                 # steps before the window are deterministic: computed once for the samples that share their noise
                 prefix_rows=prefix_groups(prompts, plan.noise_seeds[sl]) if window else None,
-                tail_steps=self.config.sample_tail_steps or None,
             )
             samples.append(
                 {

@@ -105,6 +105,14 @@ def tail_schedule(stop: int, num_steps: int, tail_steps: int | None) -> list[int
     return [stop + (k * left) // tail_steps for k in range(tail_steps)]
 
 
+def check_tail_steps(pipeline, tail_steps: int):
+    """Raise a `ValueError` naming `sample_tail_steps` when `tail_steps` > 0 and `pipeline`'s family does not implement
+    `deterministic_step` (the trainers call this before the first epoch)."""
+    if tail_steps and type(pipeline).deterministic_step is DDPOStableDiffusionPipeline.deterministic_step:
+        raise ValueError(f"sample_tail_steps={tail_steps} needs {type(pipeline).__name__}.deterministic_step() (see "
+                         "the model interface); implement it or set sample_tail_steps=0")
+
+
 def _required(self, name: str):
     return NotImplementedError(f"{type(self).__name__} must implement {name}() to be trained (see the model interface "
                                "in trl_safediffusion.pipelines.base)")
