@@ -308,6 +308,8 @@ def test_tail_steps_of_one_schedule_step_are_the_deterministic_ddim_step(pipe):
             assert torch.equal(same.images, plain.images)
         with pytest.raises(ValueError, match="index"):
             pipe.deterministic_step(pipe.unet, noise, 3, 3, cond, negative, 3.0)
+        with pytest.raises(ValueError, match="tail_steps must be >= 1"):
+            pipe.rollout(cond, negative, tail_steps=0, **{**kwargs, "stochastic_steps": (0, T)})
 
 
 def test_flow_ode_jump_is_the_euler_step_over_the_skipped_sigmas():

@@ -97,10 +97,10 @@ def tail_schedule(stop: int, num_steps: int, tail_steps: int | None) -> list[int
     """The steps of a shortened deterministic tail: `tail_steps` evenly spaced indices of steps `stop .. num_steps - 1`
     (the first is `stop`), each taken as one step to the next index (the last to the end); None when the tail keeps
     every step (`tail_steps` None, or no fewer than the `num_steps - stop` steps left)."""
+    if tail_steps is not None and tail_steps < 1:
+        raise ValueError(f"tail_steps must be >= 1 (or None for every step), got {tail_steps}")
     if tail_steps is None or tail_steps >= num_steps - stop:
         return None
-    if tail_steps < 1:
-        raise ValueError(f"tail_steps must be >= 1 (or None for every step), got {tail_steps}")
     left = num_steps - stop
     return [stop + (k * left) // tail_steps for k in range(tail_steps)]
 
