@@ -70,6 +70,12 @@ class RepeatedTokenJointAttnProcessor:
         return image, context
 
 
+def keep_one_zero_t5_token(prompt_embeds: torch.Tensor, zero_tokens: int) -> torch.Tensor:
+    """(B, L + zero_tokens, D) prompt embeddings of a `StableDiffusion3Pipeline` without T5 (the CLIP tokens, then
+    `zero_tokens` zeros) -> (B, L + 1, D): one zero token, for [`RepeatedTokenJointAttnProcessor`]`(zero_tokens)`."""
+    return prompt_embeds[:, : prompt_embeds.shape[1] - zero_tokens + 1]
+
+
 @contextlib.contextmanager
 def repeated_last_context_token(transformer: torch.nn.Module, repeats: int):
     """Within the block, the joint attention layers of `transformer` (those with context projections; SD3.5's
@@ -148,8 +154,8 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowMatchingAdapter):
             prompt=prompts, prompt_2=None, prompt_3=None, device=self.text_encoder.device,
             do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
         )
-        if self.collapse_zero_t5_tokens:  # (B, L_clip + 1, D): one zero token for the max_sequence_length zeros
-            embeds = embeds[:, : embeds.shape[1] - self.max_sequence_length + 1]
+        if self.collapse_zero_t5_tokens:
+            embeds = keep_one_zero_t5_token(embeds, self.max_sequence_length)
         return embeds, pooled
 
     # ------------------------------------------------------------------ sampling

@@ -81,7 +81,7 @@ def _call(pipe, prompts: list[str], **kwargs):
 
     if not isinstance(pipe, StableDiffusion3Pipeline) or pipe.text_encoder_3 is not None:
         return pipe(prompts, **kwargs)
-    from ..pipelines.stable_diffusion_3 import repeated_last_context_token
+    from ..pipelines.stable_diffusion_3 import keep_one_zero_t5_token, repeated_last_context_token
 
     zeros = kwargs.pop("max_sequence_length", 256)
     negative = kwargs.pop("negative_prompt", None)
@@ -89,10 +89,9 @@ def _call(pipe, prompts: list[str], **kwargs):
         prompt=prompts, prompt_2=None, prompt_3=None, negative_prompt=negative, device=pipe.transformer.device,
         do_classifier_free_guidance=kwargs.get("guidance_scale", 7.0) > 1.0, max_sequence_length=zeros,
     )
-    keep = embeds.shape[1] - zeros + 1  # the CLIP tokens and one of the zero tokens
     with repeated_last_context_token(pipe.transformer, zeros):
         return pipe(
-            prompt_embeds=embeds[:, :keep], pooled_prompt_embeds=pooled,
-            negative_prompt_embeds=None if negative_embeds is None else negative_embeds[:, :keep],
+            prompt_embeds=keep_one_zero_t5_token(embeds, zeros), pooled_prompt_embeds=pooled,
+            negative_prompt_embeds=None if negative_embeds is None else keep_one_zero_t5_token(negative_embeds, zeros),
             negative_pooled_prompt_embeds=negative_pooled, max_sequence_length=zeros, **kwargs,
         )
