@@ -103,6 +103,36 @@ def test_a_further_stage_starts_from_the_given_folder_and_records_both_stages(tr
 
 
 
+def test_a_wider_deeper_transformer_is_a_flag_and_loads_with_stock_diffusers(tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    main(["--out", str(tmp_path), "--seed", "0", "--steps", "1", "--batch-size", "2", "--warmup", "1",
+          "--checkpoint-every", "0", "--num-layers", "5", "--num-heads", "6"])
+    transformer = SD3Transformer2DModel.from_pretrained(os.path.join(tmp_path, "transformer"))
+    assert transformer.config.num_layers == 5 and transformer.config.num_attention_heads == 6
+    assert len(transformer.transformer_blocks) == 5
+    assert transformer.transformer_blocks[0].attn.to_q.weight.shape == (6 * 32, 6 * 32)
+    # the default is the shipped architecture
+    shipped = toy_pipeline.load_toy_flow_pipeline().transformer.config
+    default = build_flow_components(seed=0)["transformer"].config
+    assert (default.num_layers, default.num_attention_heads) == (shipped.num_layers, shipped.num_attention_heads)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--num-layers", "0"], ["--num-layers", ">= 1"]),
+    (["--num-heads", "0"], ["--num-heads", ">= 1"]),
+    (["--init", "FOLDER", "--num-layers", "6"], ["--num-layers", "--init", "leave them out"]),
+])
+def test_architecture_flags_bad_input_is_a_one_line_error(tmp_path, capsys, trained, argv, words):
+    argv = [trained if a == "FOLDER" else a for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "out"), "--steps", "1", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert all(w in err for w in words) and "Traceback" not in err
+    assert not os.path.exists(tmp_path / "out")
+
+
 def test_init_from_a_folder_that_is_not_a_flow_pipeline_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path / "out"), "--init", str(tmp_path), "--steps", "1"])
