@@ -95,6 +95,7 @@ def test_a_further_stage_starts_from_the_given_folder_and_records_both_stages(tr
         info = json.load(f)
     assert [stage["args"]["steps"] for stage in info["stages"]] == [3, 1]
     assert info["stages"][1]["args"]["init"] == trained and info["stored"] == "fp32"
+    assert info["stages"][0]["args"]["num_layers"] == 4 and info["stages"][1]["args"]["num_layers"] is None  # the folder's
     # at lr 1e-9 one step leaves the transformer where the first stage ended (not at a fresh initialisation)
     before = SD3Transformer2DModel.from_pretrained(os.path.join(trained, "transformer"), torch_dtype=torch.float32)
     after = SD3Transformer2DModel.from_pretrained(os.path.join(tmp_path, "transformer"), torch_dtype=torch.float32)
@@ -111,6 +112,8 @@ def test_a_wider_deeper_transformer_is_a_flag_and_loads_with_stock_diffusers(tmp
     transformer = SD3Transformer2DModel.from_pretrained(os.path.join(tmp_path, "transformer"))
     assert transformer.config.num_layers == 5 and transformer.config.num_attention_heads == 6
     assert len(transformer.transformer_blocks) == 5
+    with open(os.path.join(tmp_path, "training_info.json")) as f:
+        assert json.load(f)["args"]["num_heads"] == 6
     assert transformer.transformer_blocks[0].attn.to_q.weight.shape == (6 * 32, 6 * 32)
     # the default is the shipped architecture
     shipped = toy_pipeline.load_toy_flow_pipeline().transformer.config

@@ -55,6 +55,8 @@ TOKENIZER_MAX_LENGTH = 16
 # Zero tokens that StableDiffusion3Pipeline appends without T5 (its default `max_sequence_length`).
 SD3_MAX_SEQUENCE_LENGTH = 256
 FLOW_SHIFT = 1.0
+# The shipped transformer's shape; `--num-layers` / `--num-heads` change it for a fresh one.
+NUM_LAYERS, NUM_HEADS, HEAD_DIM = 4, 4, 32
 
 
 def toy_sd_path() -> str:
@@ -82,11 +84,11 @@ def load_toy_text_encoder(folder: str):
     return encoder.eval().requires_grad_(False)
 
 
-def build_flow_components(source: str | None = None, seed: int = 0, num_layers: int = 4,
-                          num_attention_heads: int = 4) -> dict:
+def build_flow_components(source: str | None = None, seed: int = 0, num_layers: int = NUM_LAYERS,
+                          num_attention_heads: int = NUM_HEADS) -> dict:
     """The components of the toy `StableDiffusion3Pipeline`: the frozen VAE and text tower of the toy pipeline at
     `source` (default: the shipped one) and an untrained transformer built after `torch.manual_seed(seed)` with
-    `num_layers` joint blocks and `num_attention_heads` heads of 32 (the shipped one: 4 and 4)."""
+    `num_layers` joint blocks and `num_attention_heads` heads of `HEAD_DIM` (32; the shipped one: 4 and 4)."""
     if num_layers < 1 or num_attention_heads < 1:
         raise ValueError(f"num_layers ({num_layers}) and num_attention_heads ({num_attention_heads}) must be >= 1")
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -106,10 +108,10 @@ def build_flow_components(source: str | None = None, seed: int = 0, num_layers: 
         patch_size=2,
         in_channels=4,
         num_layers=num_layers,
-        attention_head_dim=32,
+        attention_head_dim=HEAD_DIM,
         num_attention_heads=num_attention_heads,
         joint_attention_dim=2 * text_width,
-        caption_projection_dim=32 * num_attention_heads,  # SD3 projects the context to the transformer's width
+        caption_projection_dim=HEAD_DIM * num_attention_heads,  # SD3 projects the context to the transformer's width
         pooled_projection_dim=2 * text_encoder.config.projection_dim,
         out_channels=4,
         pos_embed_max_size=8,
@@ -246,9 +248,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="captions uniform over colour words or colour families (see train_pipeline)")
     parser.add_argument("--checkpoint-every", type=int, default=1000, help="save EMA checkpoints (0: never)")
     parser.add_argument("--half", action="store_true", help="store fp16 weights")
-    parser.add_argument("--num-layers", type=int, default=4, help="joint transformer blocks of a fresh transformer")
-    parser.add_argument("--num-heads", type=int, default=4, help="attention heads of 32 of a fresh transformer (its "
-                        "width is 32 x heads)")
+    parser.add_argument("--num-layers", type=int, default=None,
+                        help=f"joint transformer blocks of a fresh transformer (default {NUM_LAYERS})")
+    parser.add_argument("--num-heads", type=int, default=None, help=f"attention heads of {HEAD_DIM} of a fresh "
+                        f"transformer (its width is {HEAD_DIM} x heads; default {NUM_HEADS})")
     parser.add_argument("--init", default=None, help="a toy flow pipeline folder whose transformer training starts "
                         "from (a further stage, e.g. at a lower --lr); default: a fresh transformer")
     args = parser.parse_args(argv)
@@ -256,11 +259,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--red-caption-noise must be a probability in [0, 1], got {args.red_caption_noise}")
     if args.steps < 1 or args.batch_size < 1:
         parser.error(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be >= 1")
-    if args.num_layers < 1 or args.num_heads < 1:
-        parser.error(f"--num-layers ({args.num_layers}) and --num-heads ({args.num_heads}) must be >= 1")
-    if args.init and (args.num_layers, args.num_heads) != (4, 4):
+    if args.init and (args.num_layers is not None or args.num_heads is not None):
         parser.error("--num-layers and --num-heads shape a fresh transformer; with --init the transformer is the "
                      "folder's: leave them out")
+    if not args.init:  # a fresh transformer (with --init they stay None in training_info.json: the folder's)
+        args.num_layers = NUM_LAYERS if args.num_layers is None else args.num_layers
+        args.num_heads = NUM_HEADS if args.num_heads is None else args.num_heads
+        if args.num_layers < 1 or args.num_heads < 1:
+            parser.error(f"--num-layers ({args.num_layers}) and --num-heads ({args.num_heads}) must be >= 1")
     if args.init and not os.path.isfile(os.path.join(args.init, "transformer", "config.json")):
         parser.error(f"--init {args.init} is not a toy flow pipeline folder (no transformer/config.json); pass a "
                      "folder this script wrote")
@@ -270,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     source = args.source if args.source is not None else toy_sd_path()
-    components = build_flow_components(source, args.seed, args.num_layers, args.num_heads)
+    components = build_flow_components(source, args.seed, args.num_layers or NUM_LAYERS, args.num_heads or NUM_HEADS)
     if args.init:
         from diffusers import SD3Transformer2DModel
 
