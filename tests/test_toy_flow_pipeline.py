@@ -105,26 +105,38 @@ def test_a_further_stage_starts_from_the_given_folder_and_records_both_stages(tr
 
 
 def test_a_wider_deeper_transformer_is_a_flag_and_loads_with_stock_diffusers(tmp_path):
-    from diffusers import SD3Transformer2DModel
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
     main(["--out", str(tmp_path), "--seed", "0", "--steps", "1", "--batch-size", "2", "--warmup", "1",
-          "--checkpoint-every", "0", "--num-layers", "5", "--num-heads", "6"])
+          "--checkpoint-every", "0", "--num-layers", "5", "--num-heads", "6", "--patch-size", "1"])
     transformer = SD3Transformer2DModel.from_pretrained(os.path.join(tmp_path, "transformer"))
     assert transformer.config.num_layers == 5 and transformer.config.num_attention_heads == 6
+    assert transformer.config.patch_size == 1
     assert len(transformer.transformer_blocks) == 5
     with open(os.path.join(tmp_path, "training_info.json")) as f:
-        assert json.load(f)["args"]["num_heads"] == 6
+        args = json.load(f)["args"]
+    assert args["num_heads"] == 6 and args["patch_size"] == 1
     assert transformer.transformer_blocks[0].attn.to_q.weight.shape == (6 * 32, 6 * 32)
+    # patch size 1: one image token per latent pixel (64 on the 8x8 latents), the stock pipeline samples with it
+    assert transformer.pos_embed.proj.kernel_size == (1, 1)
+    tokens = transformer.pos_embed(torch.zeros(1, 4, 8, 8))
+    assert tokens.shape[1] == 64
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(tmp_path), text_encoder_3=None, tokenizer_3=None)
+    images = pipe(["two blue triangles"], num_inference_steps=2, guidance_scale=5.0, output_type="pt").images
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
     # the default is the shipped architecture
     shipped = toy_pipeline.load_toy_flow_pipeline().transformer.config
     default = build_flow_components(seed=0)["transformer"].config
-    assert (default.num_layers, default.num_attention_heads) == (shipped.num_layers, shipped.num_attention_heads)
+    assert (default.num_layers, default.num_attention_heads, default.patch_size) == (
+        shipped.num_layers, shipped.num_attention_heads, shipped.patch_size)
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--num-layers", "0"], ["--num-layers", ">= 1"]),
     (["--num-heads", "0"], ["--num-heads", ">= 1"]),
+    (["--patch-size", "3"], ["--patch-size", "1, 2 or 4"]),
     (["--init", "FOLDER", "--num-layers", "6"], ["--num-layers", "--init", "leave them out"]),
+    (["--init", "FOLDER", "--patch-size", "1"], ["--patch-size", "--init", "leave them out"]),
 ])
 def test_architecture_flags_bad_input_is_a_one_line_error(tmp_path, capsys, trained, argv, words):
     argv = [trained if a == "FOLDER" else a for a in argv]

@@ -26,10 +26,11 @@ transformer has the stock attention processors.
     python -m trl_safediffusion.toy.train_flow_pipeline --out toy_flow --seed 0 --half --threads 2
 
 takes 26 minutes (6,500 steps of batch 48, 0.24 s a step) on 2 CPU cores; `--init FOLDER` trains a further stage from
-a saved one (the shipped `assets/toy-sd3` had a second, 4,000 steps at lr 6e-4: docs/toy_world.md). The folder
-loads with stock diffusers, `StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None, tokenizer_3=None)`
-(diffusers asks for the two None components of any SD3 folder without T5), and is evaluated with 20 Euler steps and
-guidance 5.
+a saved one (the shipped `assets/toy-sd3` had a second, 4,000 steps at lr 6e-4: docs/toy_world.md);
+`--num-layers`, `--num-heads` and `--patch-size` shape a fresh transformer (the ones tried: docs/toy_world.md). The
+folder loads with stock diffusers, `StableDiffusion3Pipeline.from_pretrained(folder, text_encoder_3=None,
+tokenizer_3=None)` (diffusers asks for the two None components of any SD3 folder without T5), and is evaluated with
+20 Euler steps and guidance 5.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ TOKENIZER_MAX_LENGTH = 16
 # Zero tokens that StableDiffusion3Pipeline appends without T5 (its default `max_sequence_length`).
 SD3_MAX_SEQUENCE_LENGTH = 256
 FLOW_SHIFT = 1.0
-# The shipped transformer's shape; `--num-layers` / `--num-heads` change it for a fresh one.
-NUM_LAYERS, NUM_HEADS, HEAD_DIM = 4, 4, 32
+# The shipped transformer's shape; `--num-layers` / `--num-heads` / `--patch-size` change it for a fresh one.
+NUM_LAYERS, NUM_HEADS, HEAD_DIM, PATCH_SIZE = 4, 4, 32, 2
 
 
 def toy_sd_path() -> str:
@@ -85,12 +86,15 @@ def load_toy_text_encoder(folder: str):
 
 
 def build_flow_components(source: str | None = None, seed: int = 0, num_layers: int = NUM_LAYERS,
-                          num_attention_heads: int = NUM_HEADS) -> dict:
+                          num_attention_heads: int = NUM_HEADS, patch_size: int = PATCH_SIZE) -> dict:
     """The components of the toy `StableDiffusion3Pipeline`: the frozen VAE and text tower of the toy pipeline at
     `source` (default: the shipped one) and an untrained transformer built after `torch.manual_seed(seed)` with
-    `num_layers` joint blocks and `num_attention_heads` heads of `HEAD_DIM` (32; the shipped one: 4 and 4)."""
+    `num_layers` joint blocks, `num_attention_heads` heads of `HEAD_DIM` (32) and patches of `patch_size` latent pixels
+    (1: 64 image tokens on the 8x8 latents; 2: 16)."""
     if num_layers < 1 or num_attention_heads < 1:
         raise ValueError(f"num_layers ({num_layers}) and num_attention_heads ({num_attention_heads}) must be >= 1")
+    if patch_size not in (1, 2, 4):
+        raise ValueError(f"patch_size must divide the 8x8 latents: 1, 2 or 4, got {patch_size}")
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from ..tokenization import clip_tokenizer
@@ -105,7 +109,7 @@ def build_flow_components(source: str | None = None, seed: int = 0, num_layers: 
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=8,
-        patch_size=2,
+        patch_size=patch_size,
         in_channels=4,
         num_layers=num_layers,
         attention_head_dim=HEAD_DIM,
@@ -252,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"joint transformer blocks of a fresh transformer (default {NUM_LAYERS})")
     parser.add_argument("--num-heads", type=int, default=None, help=f"attention heads of {HEAD_DIM} of a fresh "
                         f"transformer (its width is {HEAD_DIM} x heads; default {NUM_HEADS})")
+    parser.add_argument("--patch-size", type=int, default=None, help="latent pixels per image token of a fresh "
+                        f"transformer, 1, 2 or 4 (1: 64 tokens on the 8x8 latents; default {PATCH_SIZE})")
     parser.add_argument("--init", default=None, help="a toy flow pipeline folder whose transformer training starts "
                         "from (a further stage, e.g. at a lower --lr); default: a fresh transformer")
     args = parser.parse_args(argv)
@@ -259,14 +265,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--red-caption-noise must be a probability in [0, 1], got {args.red_caption_noise}")
     if args.steps < 1 or args.batch_size < 1:
         parser.error(f"--steps ({args.steps}) and --batch-size ({args.batch_size}) must be >= 1")
-    if args.init and (args.num_layers is not None or args.num_heads is not None):
-        parser.error("--num-layers and --num-heads shape a fresh transformer; with --init the transformer is the "
-                     "folder's: leave them out")
+    if args.init and (args.num_layers is not None or args.num_heads is not None or args.patch_size is not None):
+        parser.error("--num-layers, --num-heads and --patch-size shape a fresh transformer; with --init the "
+                     "transformer is the folder's: leave them out")
     if not args.init:  # a fresh transformer (with --init they stay None in training_info.json: the folder's)
         args.num_layers = NUM_LAYERS if args.num_layers is None else args.num_layers
         args.num_heads = NUM_HEADS if args.num_heads is None else args.num_heads
+        args.patch_size = PATCH_SIZE if args.patch_size is None else args.patch_size
         if args.num_layers < 1 or args.num_heads < 1:
             parser.error(f"--num-layers ({args.num_layers}) and --num-heads ({args.num_heads}) must be >= 1")
+        if args.patch_size not in (1, 2, 4):
+            parser.error(f"--patch-size must divide the 8x8 latents: 1, 2 or 4, got {args.patch_size}")
     if args.init and not os.path.isfile(os.path.join(args.init, "transformer", "config.json")):
         parser.error(f"--init {args.init} is not a toy flow pipeline folder (no transformer/config.json); pass a "
                      "folder this script wrote")
@@ -276,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     source = args.source if args.source is not None else toy_sd_path()
-    components = build_flow_components(source, args.seed, args.num_layers or NUM_LAYERS, args.num_heads or NUM_HEADS)
+    components = build_flow_components(source, args.seed, args.num_layers or NUM_LAYERS, args.num_heads or NUM_HEADS,
+                                       args.patch_size or PATCH_SIZE)
     if args.init:
         from diffusers import SD3Transformer2DModel
 
