@@ -134,7 +134,7 @@ def test_a_wider_deeper_transformer_is_a_flag_and_loads_with_stock_diffusers(tmp
 @pytest.mark.parametrize("argv, words", [
     (["--num-layers", "0"], ["--num-layers", ">= 1"]),
     (["--num-heads", "0"], ["--num-heads", ">= 1"]),
-    (["--patch-size", "3"], ["--patch-size", "1, 2 or 4"]),
+    (["--patch-size", "3"], ["--patch-size", "one of (1, 2, 4)", "got 3"]),
     (["--init", "FOLDER", "--num-layers", "6"], ["--num-layers", "--init", "leave them out"]),
     (["--init", "FOLDER", "--patch-size", "1"], ["--patch-size", "--init", "leave them out"]),
 ])

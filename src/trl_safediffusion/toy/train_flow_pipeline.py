@@ -58,6 +58,7 @@ SD3_MAX_SEQUENCE_LENGTH = 256
 FLOW_SHIFT = 1.0
 # The shipped transformer's shape; `--num-layers` / `--num-heads` / `--patch-size` change it for a fresh one.
 NUM_LAYERS, NUM_HEADS, HEAD_DIM, PATCH_SIZE = 4, 4, 32, 2
+PATCH_SIZES = (1, 2, 4)  # the patch sizes that divide the 8x8 latents
 
 
 def toy_sd_path() -> str:
@@ -93,8 +94,8 @@ def build_flow_components(source: str | None = None, seed: int = 0, num_layers: 
     (1: 64 image tokens on the 8x8 latents; 2: 16)."""
     if num_layers < 1 or num_attention_heads < 1:
         raise ValueError(f"num_layers ({num_layers}) and num_attention_heads ({num_attention_heads}) must be >= 1")
-    if patch_size not in (1, 2, 4):
-        raise ValueError(f"patch_size must divide the 8x8 latents: 1, 2 or 4, got {patch_size}")
+    if patch_size not in PATCH_SIZES:
+        raise ValueError(f"patch_size must divide the 8x8 latents: one of {PATCH_SIZES}, got {patch_size}")
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     from ..tokenization import clip_tokenizer
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-heads", type=int, default=None, help=f"attention heads of {HEAD_DIM} of a fresh "
                         f"transformer (its width is {HEAD_DIM} x heads; default {NUM_HEADS})")
     parser.add_argument("--patch-size", type=int, default=None, help="latent pixels per image token of a fresh "
-                        f"transformer, 1, 2 or 4 (1: 64 tokens on the 8x8 latents; default {PATCH_SIZE})")
+                        f"transformer, one of {PATCH_SIZES} (1: 64 tokens on the 8x8 latents; default {PATCH_SIZE})")
     parser.add_argument("--init", default=None, help="a toy flow pipeline folder whose transformer training starts "
                         "from (a further stage, e.g. at a lower --lr); default: a fresh transformer")
     args = parser.parse_args(argv)
@@ -274,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         args.patch_size = PATCH_SIZE if args.patch_size is None else args.patch_size
         if args.num_layers < 1 or args.num_heads < 1:
             parser.error(f"--num-layers ({args.num_layers}) and --num-heads ({args.num_heads}) must be >= 1")
-        if args.patch_size not in (1, 2, 4):
-            parser.error(f"--patch-size must divide the 8x8 latents: 1, 2 or 4, got {args.patch_size}")
+        if args.patch_size not in PATCH_SIZES:  # here too, to name the flag before anything is written
+            parser.error(f"--patch-size must divide the 8x8 latents: one of {PATCH_SIZES}, got {args.patch_size}")
     if args.init and not os.path.isfile(os.path.join(args.init, "transformer", "config.json")):
         parser.error(f"--init {args.init} is not a toy flow pipeline folder (no transformer/config.json); pass a "
                      "folder this script wrote")
