@@ -49,6 +49,8 @@ class ForwardCounter:
 
     def __init__(self):
         self.forward_equivalents = 0
+        self.rows_without_grad = 0  # sampling and the frozen reference
+        self.rows_with_grad = 0  # the trained forwards
         self.active = False
         self._handles = []
 
@@ -58,7 +60,12 @@ class ForwardCounter:
     def _count(self, module, args, kwargs):
         if self.active:
             sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-            self.forward_equivalents += sample.shape[0] * (3 if torch.is_grad_enabled() else 1)
+            if torch.is_grad_enabled():
+                self.rows_with_grad += sample.shape[0]
+                self.forward_equivalents += 3 * sample.shape[0]
+            else:
+                self.rows_without_grad += sample.shape[0]
+                self.forward_equivalents += sample.shape[0]
 
 
 @dataclasses.dataclass
