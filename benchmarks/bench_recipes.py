@@ -86,7 +86,7 @@ def run_worker(args) -> dict:
     from trl_safediffusion.grpo_trainer import SafeDDPOGRPOTrainer
     from trl_safediffusion.script_args import FAMILY_OPTIONS
 
-    logdir = tempfile.mkdtemp(prefix="bench-recipes-")
+    logdir = tempfile.mkdtemp(prefix="logs-", dir=os.getcwd())  # the driver's temporary folder, removed after
     argv = ["--config", args.recipe, "--pretrained_model", args.pipeline, "--dataset", args.prompts,
             "--logdir", logdir, "--output_dir", os.path.join(logdir, "out"), "--num_epochs", str(args.epochs + 1),
             "--save_freq", "0", "--log_images", "false"]
@@ -209,15 +209,7 @@ def summarise(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.worker:
-        result = run_worker(args)
-        with open(args.result, "w") as f:
-            json.dump(result, f)
-        return result
-    sys.path.insert(0, HERE)
-    tmp = tempfile.mkdtemp(prefix="bench-recipes-")
+def run_recipes(args, tmp: str) -> tuple[dict, list[str]]:
     pipeline = args.pipeline or os.path.join(tmp, "pipeline")
     if not os.path.isfile(os.path.join(pipeline, "model_index.json")):
         print(f"writing the {args.size} {args.family} pipeline to {pipeline}", flush=True)
@@ -240,6 +232,19 @@ def main(argv=None) -> dict:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
         with open(result) as f:
             results[name] = json.load(f)
+    return results, overrides
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.worker:
+        result = run_worker(args)
+        with open(args.result, "w") as f:
+            json.dump(result, f)
+        return result
+    sys.path.insert(0, HERE)
+    with tempfile.TemporaryDirectory(prefix="bench-recipes-") as tmp:  # the pipeline (4 GB at full size) and logs
+        results, overrides = run_recipes(args, tmp)
     table = summarise(results)
     print(table)
     record = {"date": datetime.date.today().isoformat(), "family": args.family, "size": args.size,
